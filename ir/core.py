@@ -1,0 +1,619 @@
+"""The in-memory graph passes rewrite: values, nodes, graphs, functions and models.
+
+Invariants every mutation keeps:
+- a Value has at most one producer and knows its uses ``(node, input_index)``;
+- a Graph's nodes form a doubly linked list in topological order; removing the node a loop is
+  standing on is safe (iteration skips removed nodes and carries on);
+- a Value's name is unique in its namespace (the main graph with its subgraphs, or one function
+  body); fresh names are never reused, so a rewritten tensor can never take an old tensor's name;
+- a node read from a file keeps its NodeProto and is written back as-is until something edits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from optgraph.ir.tensor import Tensor
+
+Shape = tuple[int | str | None, ...]
+
+
+class Value:
+    """A tensor (or other ONNX value) flowing through the graph."""
+
+    __slots__ = ("_name", "graph", "dtype", "shape", "producer", "index", "_uses", "const",
+                 "_n_graph_outputs", "_is_graph_input", "type_proto", "_info")
+
+    def __init__(self, graph: Graph, name: str, dtype: int = 0, shape: Shape | None = None) -> None:
+        self._name = name
+        self.graph = graph
+        self.dtype = dtype  # onnx.TensorProto element type; 0 = unknown
+        self.shape = shape  # None = unknown rank; dims are int, str (dim_param) or None
+        self.producer: Node | None = None
+        self.index = 0  # which output of the producer
+        self._uses: list[tuple[Node, int]] = []
+        self.const: Tensor | None = None  # set for initializers
+        self._n_graph_outputs = 0
+        self._is_graph_input = False
+        self.type_proto: onnx.TypeProto | None = None  # kept only for non-tensor types
+        self._info: tuple[str, dict[str, str]] | None = None  # doc_string, metadata_props (rare)
+
+    @property
+    def doc_string(self) -> str:
+        return self._info[0] if self._info else ""
+
+    @doc_string.setter
+    def doc_string(self, text: str) -> None:
+        self._info = (text, self.metadata_props) if text or self._info else None
+
+    @property
+    def metadata_props(self) -> dict[str, str]:
+        """Metadata of this value; assign a new dict to change it."""
+        return dict(self._info[1]) if self._info else {}
+
+    @metadata_props.setter
+    def metadata_props(self, props: dict[str, str]) -> None:
+        self._info = (self.doc_string, dict(props)) if props or self._info else None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, new: str) -> None:
+        if new == self._name:
+            return
+        if new in self.graph._names:
+            raise ValueError(f"name '{new}' is already used")
+        self.graph._names.add(new)
+        self._rename(new)
+
+    def _rename(self, new: str) -> None:
+        """Set the name (already reserved in the namespace) and mark users for re-encoding."""
+        if self.const is not None:
+            inits = self.graph.initializers
+            inits[new] = inits.pop(self._name)
+        self._name = new
+        if self.producer is not None:
+            self.producer._touch()
+        for node, _ in self._uses:
+            node._touch()
+
+    @property
+    def uses(self) -> tuple[tuple[Node, int], ...]:
+        """A snapshot of (consumer, input index) pairs; safe to hold while rewriting."""
+        return tuple(self._uses)
+
+    @property
+    def consumers(self) -> list[Node]:
+        """Distinct consuming nodes, in use order."""
+        seen: dict[int, Node] = {}
+        for node, _ in self._uses:
+            seen.setdefault(id(node), node)
+        return list(seen.values())
+
+    @property
+    def is_graph_output(self) -> bool:
+        return self._n_graph_outputs > 0
+
+    @property
+    def is_graph_input(self) -> bool:
+        return self._is_graph_input
+
+    @property
+    def is_initializer(self) -> bool:
+        return self.const is not None
+
+    @property
+    def is_used(self) -> bool:
+        return bool(self._uses) or self._n_graph_outputs > 0
+
+    def replace_all_uses_with(self, new: Value) -> None:
+        """Point every consumer of this value at ``new`` (graph outputs are not touched)."""
+        for node, i in list(self._uses):
+            node.set_input(i, new)
+
+    def __repr__(self) -> str:
+        return f"Value({self._name!r})"
+
+
+class Attr:
+    """One node attribute: its ONNX type and a Python value (decoded from the proto on first use).
+
+    Values are int, float, str, Tensor, Graph, onnx.TypeProto, onnx.SparseTensorProto or lists of
+    those, as the type says. ``ref`` is set inside function bodies for attributes that refer to
+    the caller's attribute.
+    """
+
+    __slots__ = ("name", "type", "_value", "_proto", "ref", "doc_string")
+
+    def __init__(self, name: str, type: int, value: Any = None, *, ref: str = "", doc_string: str = "",
+                 proto: onnx.AttributeProto | None = None) -> None:
+        self.name = name
+        self.type = type
+        self._value = value
+        self._proto = proto
+        self.ref = ref
+        self.doc_string = doc_string
+
+    @property
+    def value(self) -> Any:
+        if self._proto is not None and self._value is None:
+            self._value = _decode_attr(self._proto)
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Attr({self.name!r}, {onnx.AttributeProto.AttributeType.Name(self.type)}, {self.value!r})"
+
+
+AT = onnx.AttributeProto
+
+
+def _decode_attr(p: onnx.AttributeProto) -> Any:
+    t = p.type
+    if t == AT.INT:
+        return p.i
+    if t == AT.FLOAT:
+        return p.f
+    if t == AT.STRING:
+        return p.s.decode("utf-8", "surrogateescape")
+    if t == AT.INTS:
+        return list(p.ints)
+    if t == AT.FLOATS:
+        return list(p.floats)
+    if t == AT.STRINGS:
+        return [s.decode("utf-8", "surrogateescape") for s in p.strings]
+    if t == AT.TENSOR:
+        return Tensor(p.t)
+    if t == AT.TENSORS:
+        return [Tensor(x) for x in p.tensors]
+    if t == AT.SPARSE_TENSOR:
+        return p.sparse_tensor
+    if t == AT.SPARSE_TENSORS:
+        return list(p.sparse_tensors)
+    if t == AT.TYPE_PROTO:
+        return p.tp
+    if t == AT.TYPE_PROTOS:
+        return list(p.type_protos)
+    raise ValueError(f"attribute '{p.name}' has unsupported type {t}")  # GRAPH(S) decode in serde
+
+
+def attr_type_of(value: Any) -> int:
+    """The ONNX attribute type a Python value maps to (ints -> INT(S), floats -> FLOAT(S), ...)."""
+    if isinstance(value, (bool, int, np.integer)):
+        return AT.INT
+    if isinstance(value, (float, np.floating)):
+        return AT.FLOAT
+    if isinstance(value, (str, bytes)):
+        return AT.STRING
+    if isinstance(value, Tensor):
+        return AT.TENSOR
+    if isinstance(value, np.ndarray):
+        return AT.TENSOR
+    if isinstance(value, Graph):
+        return AT.GRAPH
+    if isinstance(value, onnx.TypeProto):
+        return AT.TYPE_PROTO
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("the type of an empty list attribute must be given explicitly")
+        scalar = attr_type_of(value[0])
+        plural = {AT.INT: AT.INTS, AT.FLOAT: AT.FLOATS, AT.STRING: AT.STRINGS, AT.TENSOR: AT.TENSORS,
+                  AT.GRAPH: AT.GRAPHS, AT.TYPE_PROTO: AT.TYPE_PROTOS}
+        if scalar == AT.INT and any(isinstance(v, (float, np.floating)) for v in value):
+            scalar = AT.FLOAT
+        return plural[scalar]
+    raise TypeError(f"cannot store {type(value).__name__} as an attribute")
+
+
+class Node:
+    """An operator application. Inputs may be None (an omitted optional input)."""
+
+    __slots__ = ("_op_type", "_domain", "_name", "_inputs", "_outputs", "_attrs", "_proto", "graph",
+                 "_prev", "_next", "_overload", "_doc_string", "metadata_props")
+
+    def __init__(self, op_type: str, domain: str = "", name: str = "") -> None:
+        self._op_type = op_type
+        self._domain = domain
+        self._name = name
+        self._inputs: list[Value | None] = []
+        self._outputs: list[Value | None] = []
+        self._attrs: dict[str, Attr] | None = {}
+        self._proto: onnx.NodeProto | None = None  # the loaded proto while the node is unedited
+        self.graph: Graph | None = None
+        self._prev: Node | None = None
+        self._next: Node | None = None
+        self._overload = ""
+        self._doc_string = ""
+        self.metadata_props: dict[str, str] = {}
+
+    # Plain fields are properties so an edit drops the cached proto.
+    op_type = property(lambda self: self._op_type, lambda self, v: self._set("_op_type", v))
+    domain = property(lambda self: self._domain, lambda self, v: self._set("_domain", v))
+    overload = property(lambda self: self._overload, lambda self, v: self._set("_overload", v))
+    name = property(lambda self: self._name, lambda self, v: self._set("_name", v))
+    doc_string = property(lambda self: self._doc_string, lambda self, v: self._set("_doc_string", v))
+
+    def _set(self, field: str, value: str) -> None:
+        self._touch()
+        setattr(self, field, value)
+
+    def _touch(self) -> None:
+        """Mark the node edited: it will be re-encoded on save."""
+        if self._proto is not None:
+            self.attrs  # decode attributes while the proto is still here
+            self._proto = None
+
+    @property
+    def inputs(self) -> tuple[Value | None, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[Value | None, ...]:
+        return tuple(self._outputs)
+
+    @property
+    def output(self) -> Value:
+        """The first output (most ops have exactly one)."""
+        out = self._outputs[0]
+        assert out is not None
+        return out
+
+    def set_input(self, i: int, value: Value | None) -> None:
+        old = self._inputs[i]
+        if old is value:
+            return
+        self._touch()
+        if old is not None:
+            old._uses.remove((self, i))
+        self._inputs[i] = value
+        if value is not None:
+            value._uses.append((self, i))
+
+    def set_inputs(self, values: Sequence[Value | None]) -> None:
+        for i in range(len(self._inputs)):
+            self.set_input(i, None)
+        self._touch()
+        self._inputs = [None] * len(values)
+        for i, v in enumerate(values):
+            self.set_input(i, v)
+
+    def replace_input(self, old: Value, new: Value | None) -> None:
+        for i, v in enumerate(self._inputs):
+            if v is old:
+                self.set_input(i, new)
+
+    # --- attributes -------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Attr]:
+        """All attributes by name. Edit through set_attr/del_attr so the node is re-encoded."""
+        if self._attrs is None:
+            assert self._proto is not None
+            self._attrs = {p.name: Attr(p.name, p.type, ref=p.ref_attr_name, doc_string=p.doc_string,
+                                        proto=p) for p in self._proto.attribute}
+        return self._attrs
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        a = self.attrs.get(name)
+        return default if a is None else a.value
+
+    def set_attr(self, name: str, value: Any, type: int | None = None) -> None:
+        self._touch()
+        if isinstance(value, np.ndarray):
+            value = Tensor(array=value)
+        if isinstance(value, Graph):
+            value.parent = self
+        self.attrs[name] = Attr(name, attr_type_of(value) if type is None else type, value)
+
+    def del_attr(self, name: str) -> None:
+        self._touch()
+        self.attrs.pop(name, None)
+
+    def subgraphs(self) -> list[Graph]:
+        """Graphs held in attributes (If branches, Loop/Scan bodies)."""
+        if self._proto is not None:  # loading decodes subgraph attributes and drops the proto
+            return []
+        out: list[Graph] = []
+        for a in self.attrs.values():
+            if a.type == AT.GRAPH:
+                out.append(a.value)
+            elif a.type == AT.GRAPHS:
+                out.extend(a.value)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Node({self._op_type!r}, name={self._name!r})"
+
+
+class Graph:
+    """A list of nodes in topological order, with its inputs, outputs and initializers."""
+
+    def __init__(self, name: str = "", *, names: set[str] | None = None, parent: Node | None = None) -> None:
+        self.name = name
+        self.doc_string = ""
+        self.metadata_props: dict[str, str] = {}
+        self._names: set[str] = set() if names is None else names  # shared by a namespace
+        self.parent = parent  # the node holding this graph as an attribute, if any
+        self._inputs: list[Value] = []
+        self._outputs: list[Value] = []
+        self.initializers: dict[str, Value] = {}
+        self.extra: onnx.GraphProto | None = None  # quantization annotations, kept opaque
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._len = 0
+        self._counter = 0
+
+    # --- nodes ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Node]:
+        node = self._head
+        while node is not None:
+            nxt = node._next
+            if node.graph is self:
+                yield node
+            node = nxt
+            while node is not None and node.graph is not self:  # skip nodes removed meanwhile
+                node = node._next
+
+    def __reversed__(self) -> Iterator[Node]:
+        node = self._tail
+        while node is not None:
+            prv = node._prev
+            if node.graph is self:
+                yield node
+            node = prv
+            while node is not None and node.graph is not self:
+                node = node._prev
+
+    def __len__(self) -> int:
+        return self._len
+
+    def all_nodes(self) -> Iterator[Node]:
+        """Every node, including those inside subgraphs (a node before its subgraphs' nodes)."""
+        for node in self:
+            yield node
+            for g in node.subgraphs():
+                yield from g.all_nodes()
+
+    def _link(self, node: Node, before: Node | None) -> None:
+        if node.graph is not None:
+            raise ValueError(f"{node!r} already belongs to a graph")
+        node.graph = self
+        if before is None:
+            node._prev, node._next = self._tail, None
+            if self._tail is None:
+                self._head = node
+            else:
+                self._tail._next = node
+            self._tail = node
+        else:
+            if before.graph is not self:
+                raise ValueError(f"{before!r} is not in this graph")
+            node._prev, node._next = before._prev, before
+            if before._prev is None:
+                self._head = node
+            else:
+                before._prev._next = node
+            before._prev = node
+        self._len += 1
+
+    def insert_before(self, anchor: Node, node: Node) -> None:
+        self._link(node, anchor)
+
+    def insert_after(self, anchor: Node, node: Node) -> None:
+        self._link(node, anchor._next if anchor._next is not None and anchor._next.graph is self else None)
+
+    def append(self, node: Node) -> None:
+        self._link(node, None)
+
+    def remove(self, node: Node) -> None:
+        """Unlink a node whose outputs are unused; its inputs' use lists forget it."""
+        if node.graph is not self:
+            raise ValueError(f"{node!r} is not in this graph")
+        for out in node._outputs:
+            if out is not None and out.is_used:
+                raise ValueError(f"cannot remove {node!r}: its output '{out.name}' is still used")
+        for i in range(len(node._inputs)):
+            node.set_input(i, None)
+        for g in node.subgraphs():  # outer values the subgraphs read lose those uses too
+            for inner in list(g.all_nodes()):
+                for i in range(len(inner._inputs)):
+                    inner.set_input(i, None)
+        if node._prev is None:
+            self._head = node._next
+        else:
+            node._prev._next = node._next
+        if node._next is None:
+            self._tail = node._prev
+        else:
+            node._next._prev = node._prev
+        node.graph = None  # _next stays so a loop standing on this node can continue
+        self._len -= 1
+
+    def make_node(self, op_type: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,
+                  *, outputs: int | Sequence[str] = 1, domain: str = "", name: str | None = None,
+                  before: Node | None = None) -> Node:
+        """Create a node with fresh output names and insert it (at the end, or before ``before``).
+
+        Output names are fresh; pass ``outputs`` as names only when they are known to be new.
+        """
+        node = Node(op_type, domain, self.fresh_name(name or op_type))
+        node._inputs = [None] * len(inputs)
+        for i, v in enumerate(inputs):
+            node.set_input(i, v)
+        if isinstance(outputs, int):
+            names = [self.fresh_name(node._name if outputs == 1 else f"{node._name}_out{k}") for k in range(outputs)]
+        else:
+            names = list(outputs)
+            taken = [n for n in names if n in self._names]
+            if taken:
+                raise ValueError(f"output names {taken} are already used")
+        for k, out_name in enumerate(names):
+            v = self._new_value(out_name)
+            v.producer, v.index = node, k
+            node._outputs.append(v)
+        for key, val in (attrs or {}).items():
+            node.set_attr(key, val)
+        self._link(node, before)
+        return node
+
+    # --- values -----------------------------------------------------------------------------
+    def fresh_name(self, base: str) -> str:
+        """A name never used before in this namespace, derived from ``base``."""
+        names = self._names
+        if base and base not in names:
+            names.add(base)
+            return base
+        base = base or "v"
+        while True:
+            self._counter += 1
+            cand = f"{base}__{self._counter}"
+            if cand not in names:
+                names.add(cand)
+                return cand
+
+    def _new_value(self, name: str) -> Value:
+        self._names.add(name)
+        return Value(self, name)
+
+    def add_initializer(self, data: np.ndarray | Tensor, name: str = "const") -> Value:
+        """A new initializer under a fresh name (rewritten constants never reuse a name)."""
+        v = self._new_value(self.fresh_name(name))
+        v.const = data if isinstance(data, Tensor) else Tensor(array=np.asarray(data))
+        v.dtype = v.const.dtype
+        v.shape = v.const.shape
+        self.initializers[v.name] = v
+        return v
+
+    def remove_initializer(self, value: Value) -> None:
+        if value.is_used:
+            raise ValueError(f"initializer '{value.name}' is still used")
+        del self.initializers[value.name]
+        if value._is_graph_input:
+            self._inputs.remove(value)
+            value._is_graph_input = False
+
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        return tuple(self._outputs)
+
+    def add_input(self, value: Value) -> None:
+        self._inputs.append(value)
+        value._is_graph_input = True
+
+    def set_outputs(self, values: Sequence[Value]) -> None:
+        for v in self._outputs:
+            v._n_graph_outputs -= 1
+        self._outputs = list(values)
+        for v in self._outputs:
+            v._n_graph_outputs += 1
+
+    def set_output(self, i: int, value: Value) -> None:
+        self._outputs[i]._n_graph_outputs -= 1
+        self._outputs[i] = value
+        value._n_graph_outputs += 1
+
+    def replace_value(self, old: Value, new: Value) -> None:
+        """Replace ``old`` by ``new`` everywhere, keeping graph outputs' names and types pinned.
+
+        When ``old`` is a graph output, ``new`` takes over its name if ``new`` is a plain
+        intermediate of this graph; otherwise an Identity keeps the output name alive.
+        """
+        old.replace_all_uses_with(new)
+        if not old.is_graph_output:
+            return
+        takes_name = (new.producer is not None and new.producer.graph is self and not new.is_graph_output
+                      and not new.is_graph_input and new.const is None)
+        keep = new if takes_name else self.make_node("Identity", [new], name=old.name + "_identity").output
+        out_name = old.name
+        old._rename(self.fresh_name(out_name + "_replaced"))
+        keep._rename(out_name)
+        keep.dtype = old.dtype or keep.dtype
+        keep.shape = old.shape if old.shape is not None else keep.shape
+        keep.doc_string = old.doc_string or keep.doc_string
+        for i, o in enumerate(self._outputs):
+            if o is old:
+                self.set_output(i, keep)
+
+    def sort(self) -> None:
+        """Re-establish topological order (stable: keeps the current order where it can)."""
+        from optgraph.ir.order import topological_order
+
+        order = topological_order(self)
+        self._head = self._tail = None
+        for node in order:
+            node._prev = node._next = None
+        for node in order:
+            node.graph = None
+            self._len -= 1
+            self._link(node, None)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {self._len} nodes)"
+
+
+class Function:
+    """A model-local function: a body graph plus the attribute names it takes."""
+
+    def __init__(self, domain: str, name: str, graph: Graph, *, overload: str = "",
+                 attributes: Iterable[str] = (), opset_imports: dict[str, int] | None = None) -> None:
+        self.domain = domain
+        self.name = name
+        self.overload = overload
+        self.graph = graph
+        self.attributes = list(attributes)
+        self.attribute_defaults: list[onnx.AttributeProto] = []
+        self.opset_imports: dict[str, int] = dict(opset_imports or {})
+        self.doc_string = ""
+        self.metadata_props: dict[str, str] = {}
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.domain, self.name, self.overload)
+
+    def __repr__(self) -> str:
+        return f"Function({self.domain!r}, {self.name!r}, {len(self.graph)} nodes)"
+
+
+class Model:
+    """A whole model: the main graph, opset imports, functions and metadata."""
+
+    def __init__(self, graph: Graph, opset_imports: dict[str, int], *, ir_version: int = 10) -> None:
+        self.graph = graph
+        self.opset_imports = dict(opset_imports)
+        self.ir_version = ir_version
+        self.producer_name = ""
+        self.producer_version = ""
+        self.domain = ""
+        self.model_version = 0
+        self.doc_string = ""
+        self.metadata_props: dict[str, str] = {}
+        self.functions: dict[tuple[str, str, str], Function] = {}
+        self.extra: onnx.ModelProto | None = None  # training_info and other fields kept opaque
+
+    def opset(self, domain: str = "") -> int:
+        """The imported version of ``domain`` ("" and "ai.onnx" are the same), 0 if not imported."""
+        if domain in ("", "ai.onnx"):
+            return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 0))
+        return self.opset_imports.get(domain, 0)
+
+    def all_graphs(self) -> Iterator[Graph]:
+        """The main graph, function bodies, and every subgraph nested in them."""
+        roots = [self.graph, *(f.graph for f in self.functions.values())]
+        for root in roots:
+            stack = [root]
+            while stack:
+                g = stack.pop()
+                yield g
+                for node in g:
+                    stack.extend(reversed(node.subgraphs()))
+
+    def __repr__(self) -> str:
+        return f"Model(opset={self.opset_imports}, {len(self.graph)} nodes)"

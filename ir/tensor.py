@@ -1,0 +1,178 @@
+"""Constant tensors whose data is decoded only when a pass asks for it.
+
+A Tensor wraps the TensorProto it was loaded from (or a numpy array a pass made). Reading
+``shape`` and ``dtype`` never touches the data; ``numpy()`` decodes once and caches. External
+data is validated when the model is loaded and read from disk only on demand.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from optgraph.ir.errors import InvalidModelError
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    """Where a tensor's bytes live outside the model file (already checked to be safe)."""
+
+    path: str  # absolute, resolved path inside the model's folder
+    location: str  # the relative location as written in the model
+    offset: int
+    length: int
+
+
+class Tensor:
+    """An immutable constant: an initializer's or a Constant node's value."""
+
+    __slots__ = ("_proto", "_array", "_external")
+
+    def __init__(self, proto: onnx.TensorProto | None = None, *, array: np.ndarray | None = None,
+                 external: ExternalData | None = None) -> None:
+        if (proto is None) == (array is None):
+            raise ValueError("Tensor needs exactly one of proto or array")
+        self._proto = proto
+        self._external = external
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            array.flags.writeable = False
+        self._array = array
+
+    @classmethod
+    def from_array(cls, array: np.ndarray | float | int) -> Tensor:
+        return cls(array=np.asarray(array))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self._proto is not None:
+            return tuple(self._proto.dims)
+        assert self._array is not None
+        return tuple(self._array.shape)
+
+    @property
+    def dtype(self) -> int:
+        """The ONNX element type (onnx.TensorProto.FLOAT, ...)."""
+        if self._proto is not None:
+            return self._proto.data_type
+        assert self._array is not None
+        return int(onnx.helper.np_dtype_to_tensor_dtype(self._array.dtype))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        if self._array is not None:
+            return int(self._array.nbytes)
+        if self._external is not None:
+            return self._external.length
+        return self.size * _itemsize(self.dtype)
+
+    @property
+    def is_external(self) -> bool:
+        return self._external is not None
+
+    def numpy(self) -> np.ndarray:
+        """The data as a read-only array, decoded (or read from external data) on first use."""
+        if self._array is None:
+            assert self._proto is not None
+            proto = self._proto
+            if self._external is not None:
+                proto = onnx.TensorProto()
+                proto.CopyFrom(self._proto)
+                del proto.external_data[:]
+                proto.data_location = onnx.TensorProto.DEFAULT
+                proto.raw_data = read_external(self._external)
+            array = numpy_helper.to_array(proto)
+            array.flags.writeable = False
+            self._array = array
+        return self._array
+
+    def to_proto(self, name: str | None = None) -> onnx.TensorProto:
+        """A TensorProto named ``name`` (default: as loaded); the loaded proto is reused when possible."""
+        if name is None:
+            name = self._proto.name if self._proto is not None else ""
+        if self._proto is not None and self._external is None:
+            if self._proto.name == name:
+                return self._proto
+            proto = onnx.TensorProto()
+            proto.CopyFrom(self._proto)
+            proto.name = name
+            return proto
+        proto = numpy_helper.from_array(self.numpy(), name)
+        if self._proto is not None:
+            proto.doc_string = self._proto.doc_string
+            proto.metadata_props.extend(self._proto.metadata_props)
+        return proto
+
+    def __repr__(self) -> str:
+        return f"Tensor({onnx.TensorProto.DataType.Name(self.dtype)}, {list(self.shape)})"
+
+
+@functools.cache
+def _itemsize(dtype: int) -> int:
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def check_external(proto: onnx.TensorProto, base_dir: str | None) -> ExternalData:
+    """Validate an external-data reference: it must stay inside the model's folder.
+
+    Refuses absolute locations, ``..``, symlinks, hard links and ranges past the file's end, so
+    a crafted model cannot make optgraph read (and copy into its output) files it should not.
+    """
+    info = {e.key: e.value for e in proto.external_data}
+    where = f"tensor '{proto.name}'"
+    location = info.get("location", "")
+    if base_dir is None:
+        raise InvalidModelError(f"{where} uses external data but the model was not loaded from a file")
+    if not location:
+        raise InvalidModelError(f"{where} has external data without a location")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+        raise InvalidModelError(f"{where}: external data location '{location}' must be a relative path")
+    if ".." in location.replace("\\", "/").split("/"):
+        raise InvalidModelError(f"{where}: external data location '{location}' escapes the model's folder")
+    base = os.path.realpath(base_dir)
+    path = os.path.join(base, location)
+    if os.path.islink(path):
+        raise InvalidModelError(f"{where}: external data file '{location}' is a symbolic link")
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, base]) != base:
+        raise InvalidModelError(f"{where}: external data location '{location}' escapes the model's folder")
+    try:
+        st = os.stat(real, follow_symlinks=False)
+    except FileNotFoundError:
+        raise InvalidModelError(f"{where}: external data file '{location}' does not exist") from None
+    if st.st_nlink > 1:
+        raise InvalidModelError(f"{where}: external data file '{location}' is a hard link")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else st.st_size - offset
+    except ValueError:
+        raise InvalidModelError(f"{where}: external data offset/length is not an integer") from None
+    if offset < 0 or length < 0 or offset + length > st.st_size:
+        raise InvalidModelError(
+            f"{where}: external data range [{offset}, {offset + length}) runs past the end of "
+            f"'{location}' ({st.st_size} bytes)")
+    return ExternalData(real, location, offset, length)
+
+
+def read_external(ext: ExternalData) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(ext.path, flags)
+    with os.fdopen(fd, "rb") as f:
+        f.seek(ext.offset)
+        data = f.read(ext.length)
+    if len(data) != ext.length:
+        raise InvalidModelError(f"external data file '{ext.location}' is shorter than the model says")
+    return data

@@ -1,0 +1,147 @@
+"""The pass contract.
+
+A pass is a class with a name, a one-line description, a kind and typed options; ``run`` edits
+the model in place and returns a PassResult saying whether anything changed and what it did::
+
+    @register
+    class RemoveIdentity(Pass):
+        name = "remove-identity"
+        description = "Drop Identity nodes whose output is not a graph output"
+
+        def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+            stats = Counter()
+            ...
+            return PassResult(bool(stats), stats)
+
+Analyses (shape inference, liveness, ...) are computed on demand through ``ctx.get`` and cached
+until a pass that changed the model says it did not preserve them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from optgraph import ir
+
+T = TypeVar("T")
+
+
+@dataclass
+class PassResult:
+    """What a pass did: ``changed`` drives fixed points and cache invalidation; ``stats`` is
+    reported per pass (e.g. {"bn_folded": 3})."""
+
+    changed: bool
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+class Analysis(Generic[T]):
+    """A cached computation over the model (not a rewrite). Subclasses set ``name``."""
+
+    name: ClassVar[str]
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> T:
+        raise NotImplementedError
+
+
+class PassContext:
+    """What passes share during one pipeline run: the analysis cache and user settings.
+
+    ``dims`` maps symbolic dimension names to sizes for analyses that need concrete shapes.
+    """
+
+    def __init__(self, *, dims: Mapping[str, int] | None = None) -> None:
+        self.dims: dict[str, int] = dict(dims or {})
+        self._cache: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}  # what analysis passes report (e.g. a memory plan)
+
+    def get(self, analysis: type[Analysis[T]]) -> T:
+        """The analysis result for the current model, computed once and cached."""
+        key = analysis.name
+        if key not in self._cache:
+            self._cache[key] = analysis().compute(self._model, self)
+        return self._cache[key]
+
+    def bind(self, model: ir.Model) -> None:
+        """Point the context at ``model`` (drops every cached analysis)."""
+        self._model = model
+        self._cache.clear()
+
+    def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
+        """Forget cached analyses except ``preserved`` (after a pass changed the model)."""
+        for key in [k for k in self._cache if k not in preserved]:
+            del self._cache[key]
+
+
+class Pass:
+    """Base class for rewrite and analysis passes.
+
+    Class attributes:
+      name, description: how users refer to it and what ``optgraph list`` shows.
+      kind: "rewrite" edits the model; "analysis" only computes (and puts its result in
+        ``ctx.results[name]``).
+      preserves: analysis names a change by this pass leaves valid.
+      Options: a dataclass of typed options, settable as ``name{key=value}`` in a pipeline.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[str] = "rewrite"
+    preserves: ClassVar[frozenset[str]] = frozenset()
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        self.options = _make_options(type(self).Options, options, type(self).name)
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+
+def _make_options(cls: type, given: Mapping[str, Any], pass_name: str) -> Any:
+    """Build ``cls(**given)``, converting pipeline strings to the declared field types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, raw in given.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ValueError(f"pass '{pass_name}' has no option '{key}' (options: {valid})")
+        values[key] = _convert(raw, hints[key], f"{pass_name}{{{key}}}")
+    return cls(**values)
+
+
+def _convert(raw: Any, hint: Any, where: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}: expected true or false, got '{raw}'")
+    if hint in (int, float):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got '{raw}'") from None
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list, frozenset):
+        (inner, *_) = typing.get_args(hint) or (str,)
+        return origin(_convert(x, inner, where) for x in raw.split(";") if x)
+    return raw
+
+
+def counter() -> Counter[str]:
+    """A stats counter for PassResult (named so passes read naturally)."""
+    return Counter()

@@ -1,0 +1,100 @@
+"""Where passes are found by name: built-ins, groups, and third-party plugins.
+
+Built-in passes register with ``@register``. A plugin package lists modules or Pass classes in
+the ``optgraph.passes`` entry-point group; they are loaded on first use, and one that fails to
+import warns and is skipped so the rest still work.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from dataclasses import dataclass
+
+from optgraph.passes.base import Pass
+
+ENTRY_POINT_GROUP = "optgraph.passes"
+
+_PASSES: dict[str, type[Pass]] = {}
+_GROUPS: dict[str, Group] = {}
+_plugins_loaded = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named list of passes. ``fixed_point`` groups repeat until nothing changes."""
+
+    name: str
+    description: str
+    members: tuple[str, ...]
+    fixed_point: bool = False
+    max_iterations: int = 8
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available by its ``name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or not getattr(cls, "description", None):
+        raise TypeError(f"{cls.__qualname__} must define 'name' and 'description'")
+    if cls.kind not in ("rewrite", "analysis"):
+        raise TypeError(f"{cls.__qualname__}.kind must be 'rewrite' or 'analysis'")
+    existing = _PASSES.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"pass name '{name}' is taken by {existing.__module__}.{existing.__qualname__}")
+    if name in _GROUPS:
+        raise ValueError(f"pass name '{name}' is already a group name")
+    _PASSES[name] = cls
+    return cls
+
+
+def register_group(name: str, members: list[str] | tuple[str, ...], description: str, *,
+                   fixed_point: bool = False, max_iterations: int = 8) -> Group:
+    """Define (or redefine) a group; members may be passes or other groups."""
+    if name in _PASSES:
+        raise ValueError(f"group name '{name}' is already a pass name")
+    group = Group(name, description, tuple(members), fixed_point, max_iterations)
+    _GROUPS[name] = group
+    return group
+
+
+def load_plugins() -> list[str]:
+    """Import every ``optgraph.passes`` entry point once; return the names that failed."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True
+    failed = []
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Pass) and obj.name not in _PASSES:
+                register(obj)
+        except Exception as e:  # a broken plugin must not take the tool down
+            failed.append(ep.name)
+            warnings.warn(f"optgraph: plugin '{ep.name}' ({ep.value}) failed to load: "
+                          f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+    return failed
+
+
+def passes() -> dict[str, type[Pass]]:
+    """All registered passes by name (plugins included), sorted by name."""
+    load_plugins()
+    return dict(sorted(_PASSES.items()))
+
+
+def groups() -> dict[str, Group]:
+    load_plugins()
+    return dict(sorted(_GROUPS.items()))
+
+
+def get(name: str) -> type[Pass]:
+    load_plugins()
+    try:
+        return _PASSES[name]
+    except KeyError:
+        raise KeyError(_unknown(name)) from None
+
+
+def _unknown(name: str) -> str:
+    return (f"unknown pass or group '{name}'; valid names: "
+            + ", ".join(sorted([*_PASSES, *_GROUPS, "none"])))
