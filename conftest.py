@@ -8,9 +8,22 @@ optgraph.runtime. Without this hook pytest would import passes/x_test.py as a to
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "ci" keeps the default run short, "thorough" is for local soak runs
+# (HYPOTHESIS_PROFILE=thorough pytest -m "not slow" passes/). CI=true selects "ci".
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=_SLOW_OK,
+                          derandomize=True, print_blob=True)
+settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=_SLOW_OK,
+                          print_blob=True)
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_SLOW_OK,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 _ROOT = Path(__file__).parent
 _PACKAGES = {"ir": "optgraph.ir", "passes": "optgraph.passes", "runtime": "optgraph.runtime"}
