@@ -1,0 +1,224 @@
+"""The equivalence oracle: run a reference and a candidate model on the same random inputs.
+
+Both models run on onnxruntime's CPU provider with ORT's own graph optimizations turned off, so
+ORT's fusions can neither hide a broken rewrite nor introduce differences of their own. A float
+element agrees when ``|a - b| <= atol * scale + rtol * |a|`` (``a`` from the reference), where
+``scale = max(1, max |reference output|)``: the absolute slack grows with the output's magnitude,
+because a rewrite that reorders float sums is off by a few ulps of the largest term, not of each
+element. Integers and booleans must agree exactly; NaN and infinity positions must match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from optgraph import ir
+from optgraph.ir.errors import OptGraphError
+
+DEFAULT_DIM = 2  # size of symbolic and unknown dimensions when ``dims`` does not name them
+
+
+class ReferenceRunError(OptGraphError):
+    """The reference model does not run in onnxruntime: the test graph itself is bad."""
+
+
+@dataclass
+class Comparison:
+    """The verdict of ``compare``; truthy when the models agree.
+
+    ``worst_output``, ``max_abs_error`` and ``max_rel_error`` describe the output closest to (or
+    furthest past) its tolerance; ``seed`` is the input seed it was seen with. ``max_rel_error`` is
+    ``|a - b| / |a|`` over the elements where the reference is non-zero.
+    """
+
+    equivalent: bool
+    worst_output: str
+    max_abs_error: float
+    max_rel_error: float
+    seed: int
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.equivalent
+
+
+ModelLike = onnx.ModelProto | ir.Model
+
+
+def _as_proto(model: ModelLike) -> onnx.ModelProto:
+    return ir.to_proto(model) if isinstance(model, ir.Model) else model
+
+
+def _feed_shape(vi: onnx.ValueInfoProto, dims: Mapping[str, int]) -> tuple[int, ...]:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return (DEFAULT_DIM,)  # unknown rank: a vector is the most likely to be accepted
+    out = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            out.append(dims.get(d.dim_param, DEFAULT_DIM))
+        else:
+            out.append(DEFAULT_DIM)
+    return tuple(out)
+
+
+def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """One seeded feed per real graph input (initializers listed as inputs keep their values).
+
+    Floats are standard normal; integers are 0..3 so they stay valid as indices, axes or counts;
+    booleans are random masks. A symbolic dimension takes ``dims[name]`` or 2.
+    """
+    proto = _as_proto(model_proto)
+    dims = dims or {}
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in proto.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"input '{vi.name}' is not a tensor; the oracle feeds tensors only")
+        elem = vi.type.tensor_type.elem_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        except KeyError:
+            raise ValueError(f"input '{vi.name}' has element type {elem}, which the oracle cannot feed") from None
+        shape = _feed_shape(vi, dims)
+        if dtype == np.bool_:
+            arr = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            arr = rng.integers(0, 4, size=shape).astype(dtype)
+        elif np.issubdtype(dtype, np.floating):
+            arr = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.object_:
+            arr = rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
+        else:
+            raise ValueError(f"input '{vi.name}' has element type {onnx.TensorProto.DataType.Name(elem)}, "
+                             f"which the oracle cannot feed")
+        feeds[vi.name] = arr
+    return feeds
+
+
+def _session(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort  # optional dependency: only the oracle needs it
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1  # deterministic reductions, and polite on small CI machines
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:400]}"
+
+
+@dataclass
+class _Check:
+    """How one output pair compares: ``ratio`` > 1 means past tolerance."""
+
+    ok: bool
+    ratio: float
+    abs_err: float
+    rel_err: float
+    detail: str
+
+
+def _compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> _Check:
+    if a.dtype != b.dtype:
+        return _Check(False, np.inf, np.inf, np.inf, f"dtype {b.dtype} instead of {a.dtype}")
+    if a.shape != b.shape:
+        return _Check(False, np.inf, np.inf, np.inf, f"shape {b.shape} instead of {a.shape}")
+    if a.size == 0:
+        return _Check(True, 0.0, 0.0, 0.0, "")
+    if not np.issubdtype(a.dtype, np.inexact):
+        bad = int(np.count_nonzero(a != b))
+        return _Check(bad == 0, np.inf if bad else 0.0, np.inf if bad else 0.0, np.inf if bad else 0.0,
+                      f"{bad} of {a.size} elements differ" if bad else "")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite_a, finite_b = np.isfinite(a64), np.isfinite(b64)
+    # non-finite elements (NaN, +-inf) must sit at the same positions with the same value
+    special_bad = (finite_a != finite_b) | (~finite_a & ~finite_b & ~((a64 == b64) | (np.isnan(a64) & np.isnan(b64))))
+    if special_bad.any():
+        n = int(np.count_nonzero(special_bad))
+        return _Check(False, np.inf, np.inf, np.inf, f"{n} of {a.size} elements differ in NaN/inf positions")
+    both = finite_a
+    if not both.any():
+        return _Check(True, 0.0, 0.0, 0.0, "")
+    ra, rb = a64[both], b64[both]
+    scale = max(1.0, float(np.max(np.abs(ra))))
+    diff = np.abs(ra - rb)
+    allowed = atol * scale + rtol * np.abs(ra)
+    ratio = float(np.max(diff / allowed))
+    nz = ra != 0
+    rel = float(np.max(diff[nz] / np.abs(ra[nz]))) if nz.any() else 0.0
+    abs_err = float(np.max(diff))
+    detail = f"max abs error {abs_err:.3g} (allowed {atol * scale:.3g} + {rtol:g}*|ref|), max rel error {rel:.3g}"
+    return _Check(ratio <= 1.0, ratio, abs_err, rel, detail)
+
+
+def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
+            dims: Mapping[str, int] | None = None, rtol: float = 1e-4, atol: float = 1e-5) -> Comparison:
+    """Run both models on ``n_inputs`` seeded feeds (seeds ``seed``, ``seed+1``, ...) and compare.
+
+    Outputs are matched by position and must agree in name, dtype and shape. A candidate that
+    onnxruntime cannot load or run is reported as a mismatch; a reference that cannot run raises
+    ReferenceRunError.
+    """
+    ref_proto, cand_proto = _as_proto(reference), _as_proto(candidate)
+    try:
+        ref_sess = _session(ref_proto)
+    except Exception as e:
+        raise ReferenceRunError(f"the reference model does not load in onnxruntime: {_one_line(e)}") from None
+
+    def mismatch(output: str, s: int, why: str) -> Comparison:
+        return Comparison(False, output, np.inf, np.inf, s, f"candidate differs (seed {s}): {why}")
+
+    try:
+        cand_sess = _session(cand_proto)
+    except Exception as e:
+        return mismatch("", seed, f"it does not load in onnxruntime: {_one_line(e)}")
+    ref_names = [o.name for o in ref_sess.get_outputs()]
+    cand_names = [o.name for o in cand_sess.get_outputs()]
+    if ref_names != cand_names:
+        return mismatch("", seed, f"outputs {cand_names} instead of {ref_names}")
+
+    worst: tuple[float, str, float, float, int, str] = (-1.0, "", 0.0, 0.0, seed, "")
+    for s in range(seed, seed + n_inputs):
+        feeds = random_inputs(ref_proto, seed=s, dims=dims)
+        try:
+            ref_out = ref_sess.run(None, feeds)
+        except Exception as e:
+            raise ReferenceRunError(f"the reference model fails in onnxruntime (seed {s}): {_one_line(e)}") from None
+        try:
+            cand_out = cand_sess.run(None, feeds)
+        except Exception as e:
+            return mismatch("", s, f"it fails in onnxruntime: {_one_line(e)}")
+        for name, a, b in zip(ref_names, ref_out, cand_out):
+            c = _compare_arrays(np.asarray(a), np.asarray(b), rtol, atol)
+            if not c.ok:
+                return Comparison(False, name, c.abs_err, c.rel_err, s,
+                                  f"candidate differs at output '{name}' (seed {s}): {c.detail}")
+            if c.ratio > worst[0]:
+                worst = (c.ratio, name, c.abs_err, c.rel_err, s, c.detail)
+    _, name, abs_err, rel_err, s, detail = worst
+    where = f"; closest to tolerance: output '{name}' (seed {s}): {detail}" if name and detail else ""
+    return Comparison(True, name, abs_err, rel_err, s,
+                      f"equivalent on {n_inputs} input(s) from seed {seed}{where}")
+
+
+def assert_equivalent(reference: ModelLike, candidate: ModelLike, **kwargs: object) -> Comparison:
+    """``compare`` and raise AssertionError with its one-line message on a mismatch."""
+    result = compare(reference, candidate, **kwargs)  # type: ignore[arg-type]
+    if not result:
+        raise AssertionError(result.message)
+    return result
