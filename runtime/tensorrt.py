@@ -1,0 +1,201 @@
+"""TensorRT's view of a model: does its ONNX parser accept it, how many layers, how much memory.
+
+Coded against the Python API that ``tensorrt`` and ``tensorrt_rtx`` share (``tensorrt`` first).
+Engines are built ahead of time and never run: tensorrt-rtx builds on a machine without a GPU,
+which is what lets the benchmarks and tests report TensorRT figures anywhere.
+
+>>> from optgraph.runtime import tensorrt
+>>> tensorrt.parse("model.onnx").num_layers
+>>> r = tensorrt.build("model.onnx", dims={"batch": 8})
+>>> r.ok, r.num_layers, r.activation_bytes, r.weights_bytes
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from optgraph.ir.errors import OptGraphError
+
+ModelSource = str | os.PathLike[str] | bytes
+
+# "Total Activation Memory: 8203264 bytes" (TensorRT 10, tensorrt-rtx); older releases omit the unit.
+_MEMORY_RE = re.compile(r"Total (Activation|Weights) Memory:\s*(\d+)(?:\s*bytes)?\b")
+
+
+class TensorRTUnavailableError(OptGraphError):
+    """Neither ``tensorrt`` nor ``tensorrt_rtx`` can be imported."""
+
+
+@functools.cache
+def _load() -> ModuleType | None:
+    for name in ("tensorrt", "tensorrt_rtx"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def available() -> bool:
+    """Whether a TensorRT Python package is installed."""
+    return _load() is not None
+
+
+def trt() -> ModuleType:
+    """The TensorRT module (``tensorrt`` or ``tensorrt_rtx``), or a one-line error saying what to install."""
+    module = _load()
+    if module is None:
+        raise TensorRTUnavailableError("TensorRT is not installed: pip install tensorrt-rtx "
+                                       "(builds engines without a GPU) or tensorrt")
+    return module
+
+
+def flavor() -> str:
+    """``"tensorrt <version>"`` or ``"tensorrt_rtx <version>"``, for reports."""
+    module = trt()
+    return f"{module.__name__} {module.__version__}"
+
+
+@dataclass
+class ParseResult:
+    """What TensorRT's ONNX parser made of a model; ``errors`` are one line per parser error."""
+
+    ok: bool
+    num_layers: int
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    """An ahead-of-time engine build. Memory figures are None when the build log did not report them."""
+
+    ok: bool
+    num_layers: int
+    activation_bytes: int | None
+    weights_bytes: int | None
+    seconds: float
+    engine_bytes: int | None = None
+    errors: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+
+def parse_memory_log(lines: Iterable[str]) -> tuple[int | None, int | None]:
+    """(activation bytes, weights bytes) from a build log; the last report of each wins."""
+    found: dict[str, int] = {}
+    for line in lines:
+        for kind, value in _MEMORY_RE.findall(line):
+            found[kind] = int(value)
+    return found.get("Activation"), found.get("Weights")
+
+
+def _make_logger(module: ModuleType, lines: list[str], errors: list[str]) -> Any:
+    class _Capture(module.ILogger):  # type: ignore[name-defined,misc]
+        """Keeps every message: the memory totals only appear in the builder's log."""
+
+        def __init__(self) -> None:
+            module.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            lines.append(f"[{severity.name}] {msg}")
+            if severity in (module.Logger.ERROR, module.Logger.INTERNAL_ERROR):
+                errors.append(msg)
+
+    return _Capture()
+
+
+def _parser_errors(parser: Any) -> list[str]:
+    out = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        where = f"{e.node_name()} [{e.node_operator()}]: " if e.node_name() or e.node_operator() else ""
+        out.append(f"{where}{e.desc()}")
+    return out
+
+
+class _Session:
+    """A builder, network and parser sharing one capturing logger (TensorRT wants them kept alive together)."""
+
+    def __init__(self, source: ModelSource) -> None:
+        self.trt = trt()
+        self.lines: list[str] = []
+        self.log_errors: list[str] = []
+        self.logger = _make_logger(self.trt, self.lines, self.log_errors)
+        self.builder = self.trt.Builder(self.logger)
+        flags = 0
+        if hasattr(self.trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it
+            flags = 1 << int(self.trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        self.network = self.builder.create_network(flags)
+        self.parser = self.trt.OnnxParser(self.network, self.logger)
+        if isinstance(source, bytes):
+            self.ok = bool(self.parser.parse(source))
+        else:
+            path = os.fspath(source)
+            if not os.path.isfile(path):
+                raise OptGraphError(f"cannot read '{path}': no such file")
+            self.ok = bool(self.parser.parse_from_file(path))  # from the file: external data resolves
+        self.errors = _parser_errors(self.parser) if not self.ok else []
+        if not self.ok and not self.errors:
+            self.errors = list(self.log_errors) or ["the ONNX parser failed without an error message"]
+
+
+def parse(model: ModelSource) -> ParseResult:
+    """Parse a model file (or serialized bytes without external data) with TensorRT's ONNX parser."""
+    s = _Session(model)
+    return ParseResult(s.ok, s.network.num_layers, s.errors)
+
+
+def _profile_shape(tensor: Any, shapes: Mapping[str, Sequence[int]], dims: Mapping[str, int]) -> tuple[int, ...]:
+    if tensor.name in shapes:
+        return tuple(shapes[tensor.name])
+    out = []
+    for i, d in enumerate(tensor.shape):
+        if d >= 0:
+            out.append(d)
+        else:
+            out.append(dims.get(tensor.get_dimension_name(i) or "", 1))
+    return tuple(out)
+
+
+def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = None,
+          dims: Mapping[str, int] | None = None, optimization_level: int | None = None,
+          keep_log: bool = True) -> BuildResult:
+    """Build an engine ahead of time and report its layer count and memory totals.
+
+    Dynamic inputs get a one-point optimization profile: the shape given in ``shapes`` (by input
+    name), else each symbolic dim from ``dims`` (by dim_param name), else 1.
+    """
+    start = time.perf_counter()
+    s = _Session(model)
+    if not s.ok:
+        return BuildResult(False, s.network.num_layers, None, None, time.perf_counter() - start,
+                           errors=s.errors, log=s.lines if keep_log else [])
+    config = s.builder.create_builder_config()
+    if optimization_level is not None:
+        config.builder_optimization_level = optimization_level
+    inputs = [s.network.get_input(i) for i in range(s.network.num_inputs)]
+    if any(-1 in tuple(t.shape) for t in inputs):
+        profile = s.builder.create_optimization_profile()
+        for t in inputs:
+            shape = _profile_shape(t, shapes or {}, dims or {})
+            if t.is_shape_tensor:
+                profile.set_shape_input(t.name, shape, shape, shape)
+            else:
+                profile.set_shape(t.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    engine = s.builder.build_serialized_network(s.network, config)
+    seconds = time.perf_counter() - start
+    activation, weights = parse_memory_log(s.lines)
+    errors = list(s.log_errors)
+    if engine is None and not errors:
+        errors = ["the engine build failed without an error message"]
+    return BuildResult(engine is not None, s.network.num_layers, activation, weights, seconds,
+                       engine_bytes=engine.nbytes if engine is not None else None,
+                       errors=errors, log=s.lines if keep_log else [])
