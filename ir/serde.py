@@ -81,6 +81,8 @@ def _from_proto(proto: onnx.ModelProto, base_dir: str | None) -> Model:
     opsets: dict[str, int] = {}
     for op in proto.opset_import:
         opsets[op.domain] = op.version
+    if "" not in opsets and "ai.onnx" not in opsets and any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        raise InvalidModelError("the model uses ONNX ops but imports no ONNX opset (is the file truncated?)")
     loader = _Loader(base_dir)
     graph = Graph(proto.graph.name)
     loader.graph(proto.graph, graph, None)
