@@ -1,0 +1,20 @@
+"""An optgraph plugin with one pass. Install it (pip install .) and `optgraph list` shows it."""
+
+from __future__ import annotations
+
+from optgraph import ir
+from optgraph.passes import Pass, PassContext, PassResult, counter
+
+
+class StripDocStrings(Pass):
+    name = "strip-doc-strings"
+    description = "Remove node doc_strings (exporters put Python stack traces there)"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        stats = counter()
+        for graph in model.all_graphs():
+            for node in graph:
+                if node.doc_string:
+                    node.doc_string = ""
+                    stats["doc_strings_removed"] += 1
+        return PassResult(bool(stats), stats)
