@@ -56,8 +56,8 @@ def _verify_graph(graph: Graph, outer_defined: set[int], seen_names: set[str]) -
             if v.producer is not node or v.index != k:
                 raise VerificationError(f"{where}: output {k} of {node!r} does not point back to its producer")
             define(v)
-        for sub in node.subgraphs():
-            _verify_graph(sub, defined, seen_names)
+        for sub in node.subgraphs():  # sibling subgraphs may reuse each other's names
+            _verify_graph(sub, defined, set(seen_names))
     if count != len(graph):
         raise VerificationError(f"{where}: node count {len(graph)} but {count} nodes linked")
     for v in graph.outputs:
