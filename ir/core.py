@@ -35,7 +35,7 @@ class Value:
         self.shape = shape  # None = unknown rank; dims are int, str (dim_param) or None
         self.producer: Node | None = None
         self.index = 0  # which output of the producer
-        self._uses: list[tuple[Node, int]] = []
+        self._uses: dict[tuple[Node, int], None] = {}  # an ordered set: O(1) removal at any fan-out
         self.const: Tensor | None = None  # set for initializers
         self._n_graph_outputs = 0
         self._is_graph_input = False
@@ -114,8 +114,13 @@ class Value:
 
     def replace_all_uses_with(self, new: Value) -> None:
         """Point every consumer of this value at ``new`` (graph outputs are not touched)."""
-        for node, i in list(self._uses):
-            node.set_input(i, new)
+        if new is self:
+            return
+        uses, self._uses = self._uses, {}
+        for node, i in uses:
+            node._touch()
+            node._inputs[i] = new
+            new._uses[(node, i)] = None
 
     def __repr__(self) -> str:
         return f"Value({self._name!r})"
@@ -269,10 +274,10 @@ class Node:
             return
         self._touch()
         if old is not None:
-            old._uses.remove((self, i))
+            del old._uses[(self, i)]
         self._inputs[i] = value
         if value is not None:
-            value._uses.append((self, i))
+            value._uses[(self, i)] = None
 
     def set_inputs(self, values: Sequence[Value | None]) -> None:
         for i in range(len(self._inputs)):

@@ -263,7 +263,7 @@ class _Loader:
                         if not strict and any(name in p.output for p in protos[i + 1:]):
                             raise _Unsorted
                         raise InvalidModelError(f"node '{np_.name or np_.op_type}' reads '{name}', which nothing defines")
-                    v._uses.append((node, k))
+                    v._uses[(node, k)] = None
                     ins.append(v)
                 else:
                     ins.append(None)
@@ -475,8 +475,13 @@ def _graph_proto(graph: Graph, gp: onnx.GraphProto, *, initializers: bool = True
         gp.quantization_annotation.extend(graph.extra.quantization_annotation)
 
 
+def _set_fields(**fields: Any) -> dict[str, Any]:
+    """The non-empty fields: these protos are proto2, so setting "" or 0 would add bytes the input lacked."""
+    return {k: v for k, v in fields.items() if v}
+
+
 def _function_proto(fn: Function) -> onnx.FunctionProto:
-    fp = onnx.FunctionProto(name=fn.name, domain=fn.domain, doc_string=fn.doc_string)
+    fp = onnx.FunctionProto(**_set_fields(name=fn.name, domain=fn.domain, doc_string=fn.doc_string))
     if fn.overload:
         fp.overload = fn.overload
     fp.input.extend(v.name for v in fn.graph.inputs)
@@ -496,9 +501,9 @@ def _function_proto(fn: Function) -> onnx.FunctionProto:
 
 def _model_shell(model: Model) -> onnx.ModelProto:
     """Every ModelProto field except the main graph."""
-    mp = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
-                         producer_version=model.producer_version, domain=model.domain,
-                         model_version=model.model_version, doc_string=model.doc_string)
+    mp = onnx.ModelProto(**_set_fields(ir_version=model.ir_version, producer_name=model.producer_name,
+                                       producer_version=model.producer_version, domain=model.domain,
+                                       model_version=model.model_version, doc_string=model.doc_string))
     for dom, ver in model.opset_imports.items():
         mp.opset_import.add(domain=dom, version=ver)
     for k, val in model.metadata_props.items():
