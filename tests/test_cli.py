@@ -218,3 +218,58 @@ def test_bad_input_through_console_script(tmp_path: Path) -> None:
     proc = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "InvalidModelError" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# verification: verify, --check and --check-each
+
+
+def test_verify_equivalent_and_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write(tmp_path / "a.onnx")
+    assert run_cli(capsys, "run", str(a), "-o", str(tmp_path / "b.onnx"))[0] == 0
+    code, out, _ = run_cli(capsys, "verify", str(a), str(tmp_path / "b.onnx"))
+    assert code == 0 and out.startswith("equivalent")
+    c = write(tmp_path / "c.onnx", SMALL.replace("2.0", "2.5"))
+    code, out, _ = run_cli(capsys, "verify", str(a), str(c))
+    assert code == 1 and out.startswith("mismatch") and "'y'" in out
+
+
+@pytest.fixture
+def breaking_pass(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registered pass that changes results (Relu -> Abs), for the checking options."""
+    from optgraph.passes import Pass, PassContext, PassResult, register, registry
+
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+
+    @register
+    class ReluToAbs(Pass):
+        name = "test-relu-to-abs"
+        description = "wrong on purpose"
+
+        def run(self, model: object, ctx: PassContext) -> PassResult:
+            changed = False
+            for node in model.graph:  # type: ignore[attr-defined]
+                if node.op_type == "Relu":
+                    node.op_type, changed = "Abs", True
+            return PassResult(changed, {"broken": int(changed)})
+
+    return ReluToAbs.name
+
+
+def test_check_refuses_to_write_a_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           breaking_pass: str) -> None:
+    model = write(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(out), "--passes", breaking_pass, "--check")
+    assert code == 1 and "mismatch" in err and not out.exists()
+    code, _, _ = run_cli(capsys, "run", str(model), "-o", str(out), "--passes", "dce", "--check")
+    assert code == 0 and out.exists()
+
+
+def test_check_each_names_the_first_bad_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             breaking_pass: str) -> None:
+    model = write(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(out), "--passes", f"dce,{breaking_pass},dce",
+                           "--check-each")
+    assert code == 1 and f"pass '{breaking_pass}' changed the results" in err and not out.exists()
