@@ -1,0 +1,151 @@
+"""fuse-conv-act: mark Conv (+bias) followed by an activation as one fused unit; inline-fused undoes it.
+
+The unit is a call of a model-local ONNX function in the ``optgraph`` domain whose body is the
+original ops, e.g. ``optgraph.ConvRelu_1a2b3c4d(x, w, b)`` with body ``Conv -> Relu``. Why this
+form: the model stays plain ONNX that every runtime understands. onnxruntime executes functions;
+TensorRT's ONNX parser inlines them and builds the same engine; tools that schedule, count or
+visualize layers see one node per fused unit. TensorRT's parser does not resolve omitted
+attribute references inside functions, so each function body carries concrete attributes: there
+is one function per distinct signature (activation and its attributes, Clip bounds, the Conv's
+attributes, bias or not), named after the activation and a digest of that signature, so equal
+units share a function and names are the same on every run. Clip bounds must be constants; they
+become Constant nodes of the body. The model's IR version is raised to 8 if it is older, since
+model-local functions need it.
+
+``inline-fused`` replaces every call of an ``optgraph`` function by its body again and drops the
+functions and the domain import once nothing uses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from optgraph import ir
+from optgraph.passes.base import Pass, PassContext, PassResult, counter
+from optgraph.passes.pattern import Match, RewritePass, Rewriter, Rule, Var, op, rewrite_graphs
+from optgraph.passes.registry import register
+
+FUSED_DOMAIN = "optgraph"
+# Elementwise activations a conv can be fused with (all take one tensor; Clip also min and max).
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+               "Celu", "Softplus", "ThresholdedRelu", "Mish", "Gelu")
+
+
+def activation_key(act: ir.Node) -> tuple[Any, ...] | None:
+    """What makes two activation nodes compute the same function; None if an operand is not constant."""
+    bounds = []
+    for v in act.inputs[1:]:
+        if v is None:
+            bounds.append(None)
+            continue
+        a = ir.constant_array(v)
+        if a is None:
+            return None
+        bounds.append((a.dtype.str, a.tolist()))
+    return (act.op_type, _attrs_key(act), tuple(bounds))
+
+
+def _attrs_key(node: ir.Node) -> tuple[Any, ...]:
+    return tuple(sorted((a.name, a.type, repr(a.value)) for a in node.attrs.values()))
+
+
+class ConvActivation(Rule):
+    name = "conv-act"
+    labels = ("conv", "act")
+    pattern = op(ACTIVATIONS,
+                 op.Conv(Var("x"), Var("w"), Var("b", optional=True), name="conv"),
+                 Var("min", const=True, optional=True), Var("max", const=True, optional=True), name="act")
+
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        conv, act = m.node("conv"), m.node("act")
+        inputs = [m.value("x"), m.value("w"), *([m.value("b")] if m.optional("b") is not None else [])]
+        fn_name = fused_function(rw.model, conv, act, len(inputs) == 3)
+        out = rw.op(fn_name, inputs, domain=FUSED_DOMAIN)
+        assert isinstance(out, ir.Value) and out.producer is not None
+        out.producer.name = conv.name
+        return out
+
+
+def fused_function(model: ir.Model, conv: ir.Node, act: ir.Node, bias: bool) -> str:
+    """The name of the function computing ``act(conv(...))``, added to the model if new."""
+    key = activation_key(act)
+    assert key is not None
+    signature = repr((key, _attrs_key(conv), bias, model.opset()))
+    name = f"Conv{act.op_type}_{hashlib.sha1(signature.encode()).hexdigest()[:8]}"
+    if (FUSED_DOMAIN, name, "") in model.functions:
+        return name
+    body = ir.Graph(name)
+    x, w, *b = (ir.Value(body, body.fresh_name(n)) for n in ("X", "W", "B")[: 3 if bias else 2])
+    for v in (x, w, *b):
+        body.add_input(v)
+    conv_node = body.make_node("Conv", [x, w, *b], name="conv")
+    for a in conv.attrs.values():
+        conv_node.set_attr(a.name, a.value, a.type)
+    bounds: list[ir.Value | None] = []
+    for k, v in enumerate(act.inputs[1:]):
+        bounds.append(None if v is None else
+                      body.make_node("Constant", [], {"value": np.array(ir.constant_array(v))},
+                                     name=("min", "max")[k]).output)
+    act_node = body.make_node(act.op_type, [conv_node.output, *bounds], name="act")
+    for a in act.attrs.values():
+        act_node.set_attr(a.name, a.value, a.type)
+    act_node.output.name = "Y"
+    body.set_outputs([act_node.output])
+    model.functions[(FUSED_DOMAIN, name, "")] = ir.Function(FUSED_DOMAIN, name, body,
+                                                            opset_imports={"": model.opset()})
+    model.opset_imports.setdefault(FUSED_DOMAIN, 1)
+    model.ir_version = max(model.ir_version, 8)  # model-local functions came with IR version 8
+    return name
+
+
+@register
+class FuseConvAct(RewritePass):
+    name = "fuse-conv-act"
+    description = "Mark Conv(+bias)+activation as one fused unit (a model-local function in the optgraph domain)"
+    rules = (ConvActivation(),)
+
+
+@register
+class InlineFused(Pass):
+    name = "inline-fused"
+    description = "Inline the optgraph-domain functions fuse-conv-act made back into plain ops"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        stats = counter()
+        for graph in list(rewrite_graphs(model)):
+            for node in graph:
+                fn = model.functions.get((node.domain, node.op_type, node.overload))
+                if fn is not None and node.domain == FUSED_DOMAIN:
+                    inline_call(graph, node, fn)
+                    stats["calls_inlined"] += 1
+        used = {(n.domain, n.op_type, n.overload) for g in model.all_graphs() for n in g}
+        for key in [k for k in model.functions if k[0] == FUSED_DOMAIN and k not in used]:
+            del model.functions[key]
+            stats["functions_removed"] += 1
+        if not any(d == FUSED_DOMAIN for d, _, _ in [*used, *model.functions]):
+            model.opset_imports.pop(FUSED_DOMAIN, None)
+        return PassResult(bool(stats), stats)
+
+
+def inline_call(graph: ir.Graph, call: ir.Node, fn: ir.Function) -> None:
+    """Replace ``call`` by a copy of ``fn``'s body (attribute references resolved from the call)."""
+    mapping: dict[int, ir.Value | None] = {id(fi): ci for fi, ci in zip(fn.graph.inputs, call.inputs)}
+    for inner in fn.graph:
+        new = graph.make_node(inner.op_type, [None if v is None else mapping.get(id(v)) for v in inner.inputs],
+                              outputs=len(inner.outputs), domain=inner.domain,
+                              name=f"{call.name}/{inner.name or inner.op_type}", before=call)
+        for a in inner.attrs.values():
+            source = call.attrs.get(a.ref) if a.ref else a
+            if source is not None:
+                new.set_attr(a.name, source.value, source.type)
+        for fo, no in zip(inner.outputs, new.outputs):
+            mapping[id(fo)] = no
+    for fo, co in zip(fn.graph.outputs, call.outputs):
+        new_out = mapping[id(fo)]
+        if co is not None and new_out is not None:
+            new_out.dtype, new_out.shape = co.dtype, co.shape
+            graph.replace_value(co, new_out)
+    graph.remove(call)
