@@ -1,1 +1,18 @@
-"""What pass authors test with: random-graph strategies, model builders and the equivalence oracle."""
+"""What pass authors test with: random-graph strategies, model builders and the equivalence oracle.
+
+    from hypothesis import given
+    from optgraph.passes.testing import check_pass, models
+
+    @given(models())
+    def test_my_pass_keeps_results(model):
+        check_pass("my-pass", model)
+"""
+
+from optgraph.passes.testing.check import check_pass
+from optgraph.passes.testing.strategies import MOTIFS, OPS, GraphBuilder, NotApplicable, models
+from optgraph.runtime.oracle import Comparison, assert_equivalent, compare, random_inputs
+
+__all__ = [
+    "MOTIFS", "OPS", "Comparison", "GraphBuilder", "NotApplicable", "assert_equivalent", "check_pass", "compare",
+    "models", "random_inputs",
+]
