@@ -116,7 +116,7 @@ def _parser_errors(parser: Any) -> list[str]:
     for i in range(parser.num_errors):
         e = parser.get_error(i)
         where = f"{e.node_name()} [{e.node_operator()}]: " if e.node_name() or e.node_operator() else ""
-        out.append(f"{where}{e.desc()}")
+        out.append(where + " | ".join(x.strip() for x in e.desc().splitlines() if x.strip()))
     return out
 
 
