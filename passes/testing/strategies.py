@@ -19,6 +19,7 @@ Select or extend the catalog per test::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,11 @@ Dim = int | str
 Shape = tuple[Dim, ...]
 DrawFn = Callable[[st.SearchStrategy[Any]], Any]
 Motif = Callable[[DrawFn, "GraphBuilder", str], str]
+
+
+@functools.cache
+def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema:
+    return onnx.defs.get_schema(op_type, opset)
 
 
 class NotApplicable(Exception):
@@ -73,6 +79,8 @@ class GraphBuilder:
         self.applied: list[str] = []  # catalog entries used, in order (written to the doc_string)
         self.types: dict[str, tuple[int, Shape]] = {}
         self.consts: dict[str, np.ndarray] = {}
+        self._type_protos: dict[str, onnx.TypeProto] = {}
+        self._opset_imports = [helper.make_opsetid("", opset)]
         self._count = 0
 
     # --- what is known about values ----------------------------------------------------------
@@ -85,17 +93,33 @@ class GraphBuilder:
     def rank(self, v: str) -> int:
         return len(self.types[v][1])
 
+    def _type_proto(self, v: str) -> onnx.TypeProto:
+        tp = self._type_protos.get(v)
+        if tp is None:
+            tp = self._type_protos[v] = helper.make_tensor_type_proto(*self.types[v])
+        return tp
+
     def require(self, condition: bool) -> None:
         if not condition:
             raise NotApplicable
 
     def fresh(self, prefix: str) -> str:
-        self._count += 1
-        return f"{prefix}{self._count}"
+        while True:
+            self._count += 1
+            if f"{prefix}{self._count}" not in self.types:
+                return f"{prefix}{self._count}"
 
     # --- making values -------------------------------------------------------------------------
-    def input(self, shape: Shape, dtype: int = FLOAT) -> str:
-        name = f"input{len(self.inputs)}"
+    def _claim(self, name: str | None, default: str) -> str:
+        """``name`` if given (it must be new), else a fresh name from ``default``."""
+        if name is None:
+            return self.fresh(default)
+        if name in self.types:
+            raise ValueError(f"value name '{name}' is already used")
+        return name
+
+    def input(self, shape: Shape, dtype: int = FLOAT, *, name: str | None = None) -> str:
+        name = self._claim(name or f"input{len(self.inputs)}", "input")
         self.inputs.append(name)
         self.types[name] = (dtype, tuple(shape))
         self.pool.append(name)
@@ -106,42 +130,49 @@ class GraphBuilder:
         fan = fan_in or (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
         return (self.rng.standard_normal(tuple(shape)) / np.sqrt(max(fan, 1))).astype(np.float32)
 
-    def const(self, array: np.ndarray, form: str = "initializer") -> str:
+    def const(self, array: np.ndarray, form: str = "initializer", *, name: str | None = None) -> str:
         """A constant spelled in one of CONST_FORMS (value_floats needs opset 12 and a float vector)."""
         array = np.asarray(array)
         if form == "constant_floats" and not (self.opset >= 12 and array.dtype == np.float32 and array.ndim <= 1):
             form = "constant"
         if form in ("initializer", "identity"):
-            name = self.fresh("c")
-            self.initializers.append(numpy_helper.from_array(array, name))
-            self.types[name] = (helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
-            self.consts[name] = array
+            init = self._claim(name if form == "initializer" else None, "c")
+            self.initializers.append(numpy_helper.from_array(array, init))
+            self.types[init] = (helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+            self.consts[init] = array
             if form == "initializer":
-                return name
-            out = self.op("Identity", [name])
+                return init
+            out = self.op("Identity", [init], name=name)
         elif form == "constant":
-            out = self.op("Constant", [], value=numpy_helper.from_array(array))
+            out = self.op("Constant", [], name=name, value=numpy_helper.from_array(array))
         elif form == "constant_floats":
             values = array.tolist()
-            out = self.op("Constant", [], **({"value_float": values} if array.ndim == 0 else {"value_floats": values}))
+            out = self.op("Constant", [], name=name,
+                          **({"value_float": values} if array.ndim == 0 else {"value_floats": values}))
         else:
             raise ValueError(f"unknown constant form '{form}' (forms: {', '.join(self.CONST_FORMS)})")
         self.consts[out] = array
-        if out in self.pool:
-            self.pool.remove(out)  # constants are operands, not activations to build on
+        if self.pool and self.pool[-1] == out:
+            self.pool.pop()  # constants are operands, not activations to build on
         return out
 
     def op(self, op_type: str, inputs: Sequence[str], *, outputs: int = 1, shape: Shape | None = None,
-           **attrs: Any) -> Any:
-        """Add a node; "" in ``inputs`` omits an optional input. Returns the output name(s)."""
-        outs = [self.fresh("v") for _ in range(outputs)]
-        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(f"{op_type.lower()}_"), **attrs)
-        in_types = {i: helper.make_tensor_type_proto(*self.types[i]) for i in inputs if i}
-        data = {i: numpy_helper.from_array(self.consts[i]) for i in inputs if i in self.consts}
+           name: str | None = None, **attrs: Any) -> Any:
+        """Add a node; "" in ``inputs`` omits an optional input. Returns the output name(s).
+
+        ``name`` names the node and its output (outputs ``name_0``, ``name_1``, ... when several)."""
+        if name is None:
+            outs = [self.fresh("v") for _ in range(outputs)]
+        else:
+            outs = [self._claim(name if outputs == 1 else f"{name}_{k}", "") for k in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), outs, name=name or self.fresh(f"{op_type.lower()}_"), **attrs)
+        in_types = {i: self._type_proto(i) for i in inputs if i}
+        # only integer constants (shapes, axes, pads, sizes) can change an output shape
+        data = {i: numpy_helper.from_array(self.consts[i]) for i in inputs
+                if i in self.consts and self.consts[i].dtype.kind in "iu"}
         try:
             inferred = onnx.shape_inference.infer_node_outputs(
-                onnx.defs.get_schema(op_type, self.opset), node, in_types, data,
-                opset_imports=[helper.make_opsetid("", self.opset)])
+                _schema(op_type, self.opset), node, in_types, data, opset_imports=self._opset_imports)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
             raise NotApplicable from None
         for k, name in enumerate(outs):
@@ -184,18 +215,19 @@ class GraphBuilder:
                 outputs.append(v)
         return outputs
 
-    def build(self, *, ir_version: int | None = None) -> onnx.ModelProto:
+    def build(self, *, name: str = "generated", ir_version: int | None = None) -> onnx.ModelProto:
         outputs = self.graph_outputs()
         info = lambda v: helper.make_tensor_value_info(v, *self.types[v])  # noqa: E731
         pinned = {*self.inputs, *outputs}
         inner = [o for n in self.nodes for o in n.output if o and o not in pinned] if self.value_info else []
-        graph = helper.make_graph(list(self.nodes), "generated", [info(v) for v in self.inputs],
+        graph = helper.make_graph(list(self.nodes), name, [info(v) for v in self.inputs],
                                   [info(v) for v in outputs], initializer=list(self.initializers),
                                   value_info=[info(v) for v in inner])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   ir_version=ir_version or (8 if self.opset <= 18 else 9),
                                   producer_name="optgraph.passes.testing")
-        model.doc_string = "applied: " + ", ".join(self.applied)
+        if self.applied:
+            model.doc_string = "applied: " + ", ".join(self.applied)
         return model
 
 
