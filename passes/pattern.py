@@ -141,6 +141,7 @@ class Match:
     outputs: list[ir.Value] = field(default_factory=list)
     kept: list[ir.Node] = field(default_factory=list)
     anchor: ir.Node | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what a custom ``match`` hands its rewrite
 
     def __post_init__(self) -> None:
         if not self.outputs:
