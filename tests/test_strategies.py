@@ -161,6 +161,82 @@ def test_motif_occurs(name: str) -> None:
     assert seen["hits"] >= seen["models"] // 2, f"{name}: {seen['hits']} of {seen['models']} models"
 
 
+def _no_op_kinds(model: onnx.ModelProto) -> set[str]:
+    """Which kinds of value-preserving nodes the model has (shapes from its value_info)."""
+    x = _Index(model)
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type for vi in [*g.input, *g.value_info, *g.output]}
+    shape = lambda v: [d.dim_value or d.dim_param for d in types[v].shape.dim]  # noqa: E731
+
+    def const(v: str) -> np.ndarray | None:
+        if v in x.inits:
+            return onnx.numpy_helper.to_array(next(t for t in g.initializer if t.name == v))
+        n = x.producer.get(v)
+        if n is not None and n.op_type == "Identity":
+            return const(n.input[0])
+        if n is not None and n.op_type == "Constant":
+            a = n.attribute[0]
+            return onnx.numpy_helper.to_array(a.t) if a.name == "value" else np.array(
+                onnx.helper.get_attribute_value(a))
+        return None
+
+    kinds = set()
+    for n in g.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        ins = [i for i in n.input if i]
+        if n.op_type in ("Identity", "Dropout") and not x.is_const(n.input[0]):
+            kinds.add(n.op_type)
+        elif n.op_type == "Cast" and attrs["to"] == types[n.input[0]].elem_type:
+            kinds.add("Cast")
+        elif n.op_type == "Reshape" and shape(n.input[0]) == shape(n.output[0]):
+            kinds.add("Reshape")
+        elif n.op_type == "Transpose" and "perm" in attrs and attrs["perm"] == sorted(attrs["perm"]):
+            kinds.add("Transpose")
+        elif n.op_type == "Pad" and not np.any(attrs["pads"] if "pads" in attrs else const(n.input[1])):
+            kinds.add("Pad")
+        elif n.op_type == "Squeeze" and x.op(n.input[0]) == "Unsqueeze":
+            kinds.add("Unsqueeze-Squeeze")
+        elif n.op_type in ("Add", "Sub", "Mul", "Div") and len(ins) == 2:
+            neutral = 0.0 if n.op_type in ("Add", "Sub") else 1.0
+            operands = ins if n.op_type in ("Add", "Mul") else ins[1:]  # x - 0 is a no-op, 0 - x is not
+            if any((c := const(i)) is not None and np.all(c == neutral) for i in operands):
+                kinds.add(n.op_type)
+    return kinds
+
+
+def test_no_op_motif_makes_every_kind() -> None:
+    kinds: set[str] = set()
+
+    @settings(max_examples=20)
+    @given(models(motifs=["no_op"], ops=[], max_nodes=12))
+    def collect(model: onnx.ModelProto) -> None:
+        kinds.update(_no_op_kinds(model))
+
+    collect()
+    assert kinds == {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Pad", "Unsqueeze-Squeeze",
+                     "Add", "Sub", "Mul", "Div"}
+
+
+def test_constant_params_use_every_spelling() -> None:
+    forms: set[str] = set()
+
+    @settings(max_examples=15)
+    @given(models(motifs=["constant_params"], ops=[], inputs=["image"], max_nodes=12))
+    def collect(model: onnx.ModelProto) -> None:
+        x = _Index(model)
+        for n in model.graph.node:
+            if n.op_type in ("Conv", "BatchNormalization"):
+                for i in n.input[1:]:
+                    p = x.producer.get(i)
+                    if p is not None and p.op_type == "Identity" and p.input[0] in x.inits:
+                        forms.add("identity")
+                    elif p is not None and p.op_type == "Constant":
+                        forms.add(p.attribute[0].name)
+
+    collect()
+    assert forms == {"identity", "value", "value_floats"}
+
+
 def test_default_mix_is_rich_in_conv_bn_pairs() -> None:
     seen = Counter()
 
