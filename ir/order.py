@@ -15,14 +15,15 @@ if TYPE_CHECKING:
 def outer_inputs(node: Node) -> list:
     """Values a node's subgraphs read from enclosing scopes (implicit inputs of the node)."""
     found: dict[int, object] = {}
-    stack = list(node.subgraphs())
+    stack = [(g, g) for g in node.subgraphs()]  # (graph, the subgraph of ``node`` it is nested in)
     while stack:
-        g = stack.pop()
-        for inner in g:
-            for v in inner.inputs:
-                if v is not None and not _defined_within(v.graph, g):
-                    found.setdefault(id(v), v)
-            stack.extend(inner.subgraphs())
+        g, root = stack.pop()
+        read = [v for inner in g for v in inner.inputs]
+        read.extend(g.outputs)  # a branch may return an outer value without any node reading it
+        for v in read:
+            if v is not None and not _defined_within(v.graph, root):
+                found.setdefault(id(v), v)
+        stack.extend((sub, root) for inner in g for sub in inner.subgraphs())
     return list(found.values())
 
 

@@ -238,8 +238,12 @@ class _Loader:
         graph.set_outputs(outputs)
         for vi in gp.value_info:
             v = scope.get(vi.name)
-            if v is not None and not v.is_graph_input and not v.is_graph_output:
+            if v is None:
+                continue
+            if not v.is_graph_input and not v.is_graph_output:
                 _set_info(v, vi)
+            elif not v.dtype and v.shape is None and v.type_proto is None and vi.HasField("type"):
+                _set_type(v, vi.type)  # an input/output's own entry wins; value_info only fills a missing type
 
     def _nodes(self, protos: list[onnx.NodeProto], order: Iterable[int], graph: Graph, scope: dict[str, Value],
                lookup: Callable[[str], Value | None], outer: Callable[[str], Value | None] | None,

@@ -41,7 +41,7 @@ class Tensor:
         self._proto = proto
         self._external = external
         if array is not None:
-            array = np.ascontiguousarray(array)
+            array = np.asarray(array, order="C")  # not ascontiguousarray: it turns a scalar into shape (1,)
             array.flags.writeable = False
         self._array = array
 

@@ -92,7 +92,7 @@ def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] 
             raise ValueError(f"input '{vi.name}' has element type {elem}, which the oracle cannot feed") from None
         shape = _feed_shape(vi, dims)
         if dtype == np.bool_:
-            arr = rng.random(shape) < 0.5
+            arr = np.asarray(rng.random(shape) < 0.5)  # a 0-d comparison gives a numpy scalar ORT refuses
         elif np.issubdtype(dtype, np.integer):
             arr = rng.integers(0, 4, size=shape).astype(dtype)
         elif np.issubdtype(dtype, np.floating):

@@ -144,6 +144,15 @@ def test_bool_inputs() -> None:
     assert compare(m, m)
 
 
+def test_scalar_bool_input() -> None:
+    """Regression: a rank-0 bool input (an If condition) was fed as a numpy scalar, which ORT refuses."""
+    m = _model([helper.make_node("Not", ["b"], ["y"])],
+               [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+               [helper.make_tensor_value_info("y", TensorProto.BOOL, [])])
+    assert isinstance(random_inputs(m, seed=0)["b"], np.ndarray)
+    assert compare(m, m)
+
+
 def test_dim_param_inputs() -> None:
     m = _add_const(C, shape=("N", 3))
     assert random_inputs(m, seed=0)["x"].shape == (2, 3)
