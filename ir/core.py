@@ -532,6 +532,10 @@ class Graph:
         intermediate of this graph; otherwise an Identity keeps the output name alive.
         """
         old.replace_all_uses_with(new)
+        if new.producer is not None and new.type_proto is None:
+            # new computes what old did: keep what was known of its type so analyses stay valid
+            new.dtype = new.dtype or old.dtype
+            new.shape = old.shape if new.shape is None else new.shape
         if not old.is_graph_output:
             return
         takes_name = (new.producer is not None and new.producer.graph is self and not new.is_graph_output

@@ -1,0 +1,147 @@
+"""Common-subexpression elimination: identical nodes and equal constants become one.
+
+Two nodes are the same computation when they have the same op (domain, type, overload), the same
+inputs (in any order for commutative ops), the same attributes and the same outputs present. One
+forward sweep in topological order merges every duplicate into its first occurrence: merging
+rewires the duplicate's consumers, which come later in the sweep and so already see the merged
+inputs when they are looked at. Random ops, ops of unknown domains (they may keep state) and
+nodes holding subgraphs are never merged.
+
+Initializers with the same dtype, shape and bytes merge the same way (content is hashed only
+when two of them share a dtype and shape; equal hashes are confirmed byte by byte).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from optgraph import ir
+from optgraph.ir.opset import RANDOM_OPS
+from optgraph.passes.base import Pass, PassContext, PassResult, counter
+from optgraph.passes.noops import takes_name
+from optgraph.passes.registry import register
+
+COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
+                         "BitwiseOr", "BitwiseXor"})
+_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+
+
+def _hashable(value: Any) -> Any:
+    """An attribute value as something hashable that is equal exactly when the values are."""
+    if isinstance(value, ir.Tensor):
+        return ("tensor", value.dtype, value.shape, value.numpy().tobytes())
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, float):
+        return ("float", value.hex())  # -0.0 and 0.0 differ; NaN equals itself only by bits
+    if hasattr(value, "SerializeToString"):
+        return value.SerializeToString(deterministic=True)
+    return value
+
+
+def attr_key(node: ir.Node) -> tuple[Any, ...]:
+    """The node's attributes in a comparable form (decoded only when a candidate match exists)."""
+    return tuple(sorted((a.name, a.type, a.ref, _hashable(a.value)) for a in node.attrs.values()))
+
+
+def _mergeable(node: ir.Node) -> bool:
+    return node.domain in _DOMAINS and node.op_type not in RANDOM_OPS and not node.subgraphs()
+
+
+def content(t: ir.Tensor) -> bytes:
+    """A tensor's bytes as stored (the loaded proto's raw data when it has it: no decoding)."""
+    raw = t.to_proto().raw_data if not t.is_external else b""
+    return raw if raw or not t.size else t.numpy().tobytes()
+
+
+class _Digests:
+    """Content hashes of constants, kept across a pipeline's iterations (the pass object lives
+    that long); each entry holds its tensor so the id cannot be reused by another object."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[ir.Tensor, bytes]] = {}
+
+    def of(self, t: ir.Tensor) -> bytes:
+        hit = self._cache.get(id(t))
+        if hit is None:
+            hit = (t, hashlib.blake2b(content(t), digest_size=16).digest())
+            self._cache[id(t)] = hit
+        return hit[1]
+
+
+@register
+class CommonSubexpressionElimination(Pass):
+    name = "cse"
+    description = "Merge nodes with the same op, attributes and inputs, and initializers with equal contents"
+    preserves = frozenset({"shapes"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._digests = _Digests()
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        stats = counter()
+        for graph in model.all_graphs():
+            stats["initializers_merged"] += self._merge_initializers(graph)
+            stats["nodes_merged"] += self._merge_nodes(graph)
+        stats = +stats
+        return PassResult(bool(stats), stats)
+
+    def _merge_initializers(self, graph: ir.Graph) -> int:
+        by_type: dict[tuple[int, tuple[int, ...]], list[ir.Value]] = {}
+        for v in graph.initializers.values():
+            if not v.is_graph_input and v.const is not None:
+                by_type.setdefault((v.const.dtype, v.const.shape), []).append(v)
+        merged = 0
+        for group in by_type.values():
+            if len(group) < 2:
+                continue
+            firsts: dict[bytes, list[ir.Value]] = {}
+            for v in group:
+                assert v.const is not None
+                same = firsts.setdefault(self._digests.of(v.const), [])
+                kept = None
+                if same and not v.is_graph_output:
+                    data = content(v.const)
+                    kept = next((k for k in same if content(k.const) == data), None)  # type: ignore[arg-type]
+                if kept is None:
+                    same.append(v)
+                    continue
+                graph.replace_value(v, kept)
+                graph.remove_initializer(v)
+                merged += 1
+        return merged
+
+    def _merge_nodes(self, graph: ir.Graph) -> int:
+        seen: dict[tuple[Any, ...], list[ir.Node]] = {}
+        merged = 0
+        for node in graph:
+            if not _mergeable(node):
+                continue
+            inputs = [id(v) if v is not None else 0 for v in node.inputs]
+            if node.op_type in COMMUTATIVE:
+                inputs.sort()
+            key = (node.domain, node.op_type, node.overload, tuple(inputs),
+                   tuple(v is not None for v in node.outputs))
+            bucket = seen.setdefault(key, [])
+            kept = None
+            if bucket:
+                attrs = attr_key(node)
+                kept = next((k for k in bucket if attr_key(k) == attrs), None)
+            if kept is None or not _rewire(graph, node, kept):
+                bucket.append(node)
+                continue
+            graph.remove(node)
+            merged += 1
+        return merged
+
+
+def _rewire(graph: ir.Graph, dup: ir.Node, kept: ir.Node) -> bool:
+    """Point ``dup``'s consumers at ``kept``'s outputs, unless a graph output would need an Identity."""
+    pairs = [(d, k) for d, k in zip(dup.outputs, kept.outputs) if d is not None and k is not None]
+    if any(d.is_graph_output and not takes_name(graph, k) for d, k in pairs):
+        return False
+    for d, k in pairs:
+        graph.replace_value(d, k)
+    return True

@@ -1,0 +1,191 @@
+"""Shape inference as an analysis the passes share: onnx's inference merged into what the IR knows.
+
+``ctx.get(ShapeInference)`` runs ``onnx.shape_inference`` (strict off, data propagation on) over
+the serialized model once and writes what it learns into ``Value.dtype``/``Value.shape``; the
+result stays cached until a pass that changed the graph does not list "shapes" in ``preserves``.
+
+Merging never loses information: a known dimension (a number or a dim_param) is never replaced,
+only unknown ones are filled in. Symbols onnx invents for dimensions it cannot name ("unk__3")
+are not kept: they are only meaningful within one inference run, and a later run reuses the same
+names for different dimensions, which would make unrelated values look equal in size. Graph
+inputs and outputs are the model's interface and keep their declared types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx
+
+from optgraph import ir
+from optgraph.ir.core import Shape
+from optgraph.passes.base import Analysis, Pass, PassContext, PassResult
+from optgraph.passes.registry import register
+
+SMALL_CONSTANT = 1024
+"""Initializers up to this many elements are sent to inference with their data (data propagation
+reads shape tensors); larger ones only by type, so a model of any size infers without copying
+its weights."""
+
+
+@dataclass
+class ShapeInfo:
+    """The outcome of one inference run: how many values gained a dtype or dims, and why it
+    failed if onnx could not infer at all (the passes then go on with what the IR knew)."""
+
+    typed: int
+    error: str = ""
+    reported: bool = False
+
+
+class ShapeInference(Analysis[ShapeInfo]):
+    name = "shapes"
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> ShapeInfo:
+        return infer_shapes(model)
+
+
+def infer_shapes(model: ir.Model) -> ShapeInfo:
+    """Run onnx's shape inference on ``model`` and merge the result into its values (in place).
+
+    Skipped when every value already has a dtype and fully known dims: there is nothing to learn,
+    and rewrites keep types known (``Graph.replace_value`` passes them on), so re-inference after
+    a rewrite usually costs one scan.
+    """
+    values, symbols = _values_and_symbols(model)
+    if all(_complete(v) for v in values.values()):
+        return ShapeInfo(0)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_inference_proto(model), check_type=False,
+                                                     strict_mode=False, data_prop=True)
+    except Exception as e:  # onnx refuses some models outright (e.g. past 2 GB); keep what we know
+        return ShapeInfo(0, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+    parsed: dict[bytes, tuple[int, Shape | None] | None] = {}  # many values share one type
+    typed = 0
+    for vi in _value_infos(inferred.graph):
+        v = values.get(vi.name)
+        if v is None or _complete(v):
+            continue
+        key = vi.type.SerializeToString()
+        if key not in parsed:
+            parsed[key] = _parse(vi.type, symbols)
+        if parsed[key] is not None and _merge(v, *parsed[key]):  # type: ignore[misc]
+            typed += 1
+    return ShapeInfo(typed)
+
+
+def _complete(v: ir.Value) -> bool:
+    return v.type_proto is not None or (bool(v.dtype) and v.shape is not None and None not in v.shape)
+
+
+def _inference_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as onnx's inference needs it: large initializers by type only."""
+    graph = model.graph
+    inits = graph.initializers
+    small = {k: v for k, v in inits.items() if v.const is not None and v.const.size <= SMALL_CONSTANT
+             and not v.const.is_external}
+    graph.initializers = small  # swapped only while serializing, so weights are never copied
+    try:
+        proto = ir.to_proto(model)
+    finally:
+        graph.initializers = inits
+    declared = {vi.name for vi in proto.graph.input}
+    for name, v in inits.items():
+        if name not in small and name not in declared:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(name, v.dtype, v.shape))
+    return proto
+
+
+def _values_and_symbols(model: ir.Model) -> tuple[dict[str, ir.Value], set[str]]:
+    """Values of the main graph and its subgraphs by name, and every dim_param the IR holds."""
+    values: dict[str, ir.Value] = {}
+    symbols: set[str] = set()
+    for g in main_graphs(model):
+        pinned = g is model.graph
+        for v in g.inputs:
+            if v.shape is not None:
+                symbols.update(d for d in v.shape if isinstance(d, str))
+            if not pinned:
+                values[v.name] = v
+        for v in g.outputs:
+            if v.shape is not None:
+                symbols.update(d for d in v.shape if isinstance(d, str))
+        for node in g:
+            for v in node.outputs:
+                if v is None:
+                    continue
+                if v.shape is not None:
+                    symbols.update(d for d in v.shape if isinstance(d, str))
+                if not (pinned and v.is_graph_output):
+                    values[v.name] = v
+    return values, symbols
+
+
+def main_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    """The main graph and its nested subgraphs (function bodies are not inferred by onnx)."""
+    stack = [model.graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g:
+            stack.extend(node.subgraphs())
+
+
+def _value_infos(gp: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    """Every typed value onnx reports, subgraphs included."""
+    yield from gp.value_info
+    yield from gp.output
+    for node in gp.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                yield from sub.input
+                yield from _value_infos(sub)
+
+
+def _parse(tp: onnx.TypeProto, symbols: set[str]) -> tuple[int, Shape | None] | None:
+    """(dtype, shape) of a tensor type; dims named by symbols the model does not hold become None."""
+    if not tp.HasField("tensor_type"):
+        return None
+    tt = tp.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type, None
+    return tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else
+                               (d.dim_param if d.HasField("dim_param") and d.dim_param in symbols else None)
+                               for d in tt.shape.dim)
+
+
+def _merge(v: ir.Value, dtype: int, shape: Shape | None) -> bool:
+    """Fill in what ``v`` does not know; True when something was learned."""
+    learned = False
+    if not v.dtype and dtype:
+        v.dtype = dtype
+        learned = True
+    old = v.shape
+    if shape is not None:
+        if old is None:
+            v.shape = shape
+            learned = True
+        elif len(old) == len(shape):
+            merged = tuple(o if o is not None else n for o, n in zip(old, shape))
+            if merged != old:
+                v.shape = merged
+                learned = True
+    return learned
+
+
+@register
+class InferShapes(Pass):
+    name = "infer-shapes"
+    description = "Annotate values with dtypes and shapes from onnx's shape inference (keeps dim_params)"
+    preserves = frozenset({"shapes"})
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        info = ctx.get(ShapeInference)
+        stats = {}
+        if not info.reported:
+            info.reported = True
+            stats = {"values_typed": info.typed} if info.typed else {}
+        # Annotations change no result, so they never keep a fixed point going.
+        return PassResult(False, stats)
