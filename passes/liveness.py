@@ -1,0 +1,250 @@
+"""Tensor sizes and lifetimes over a schedule: what the memory planner packs into one arena.
+
+A *schedule* is a topological order of the main graph's nodes; step ``i`` runs ``schedule[i]``.
+An *activation* is a tensor a node of the main graph writes that is neither a graph output nor a
+constant (a Constant node, or an Identity of an initializer): those share the arena. Graph
+inputs, graph outputs, initializers and constants live in buffers of their own (the caller's, or
+the weights), so they are counted separately. A node with subgraphs (If, Loop, Scan)
+is one step: the outer tensors its bodies read are used at that step, and the bodies' own
+tensors are the node's private workspace.
+
+An activation is live from the step that writes it to the last step that reads it, both
+included: a node's inputs and outputs exist at the same time while it runs. The *lower bound*
+is the largest sum of live bytes over the steps; no placement of these tensors can do better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from optgraph import ir
+from optgraph.passes.base import Analysis, PassContext
+
+
+class UnknownSizeError(ir.OptGraphError):
+    """A tensor the planner must place has no concrete size."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's element type and concrete shape (symbolic dims already replaced)."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def _itemsize(dtype: int) -> int | None:
+    try:
+        np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if np_dtype.kind in "OUS" else np_dtype.itemsize  # strings have no fixed size
+
+
+def _concrete(shape: ir.core.Shape | None, dims: Mapping[str, int]) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    out = []
+    for d in shape:
+        d = dims.get(d) if isinstance(d, str) else d
+        if d is None:
+            return None
+        out.append(d)
+    return tuple(out)
+
+
+def inferred_types(model: ir.Model, dims: Mapping[str, int]) -> dict[str, tuple[int, ir.core.Shape | None]]:
+    """Element type and shape of every tensor onnx's shape inference can work out.
+
+    The user's sizes are written into the graph inputs first, so shapes that depend on them
+    (reshapes, concats of ``batch * 64``) come out concrete instead of as new symbols.
+    """
+    proto = ir.to_proto(model)
+    graph = proto.graph
+    del graph.value_info[:]  # stale or symbolic types would pin inference to what it already says
+    for vi in graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in dims:
+                d.dim_value = dims[d.dim_param]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True).graph
+    except Exception:  # inference is a best effort: what it cannot type stays unknown
+        return {}
+    out: dict[str, tuple[int, ir.core.Shape | None]] = {}
+    for vi in [*inferred.value_info, *inferred.output]:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            continue
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        out[vi.name] = (tt.elem_type, shape)
+    return out
+
+
+def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict[ir.Value, TensorInfo]:
+    """Concrete type and size of the main graph's inputs and of every node output.
+
+    Shapes come from the model; shape inference fills in what is missing. A tensor whose size
+    is still unknown raises UnknownSizeError naming it (and the symbolic dims to give, if any).
+    """
+    dims = dict(dims or {})
+    graph = model.graph
+    values = [v for v in graph.inputs if v.const is None]
+    values += [v for node in graph for v in node.outputs if v is not None]
+    infos: dict[ir.Value, TensorInfo] = {}
+    missing: list[ir.Value] = []
+    for v in values:
+        info = _info(v.dtype, v.shape, dims)
+        if info is None:
+            missing.append(v)
+        else:
+            infos[v] = info
+    if missing:
+        types = inferred_types(model, dims)
+        for v in missing:
+            dtype, shape = types.get(v.name, (0, None))
+            info = _info(v.dtype or dtype, shape if _concrete(v.shape, dims) is None else v.shape, dims)
+            if info is None:
+                raise UnknownSizeError(_unknown_size_message(v, dtype, shape, dims))
+            infos[v] = info
+    return infos
+
+
+def _info(dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> TensorInfo | None:
+    concrete = _concrete(shape, dims)
+    itemsize = _itemsize(dtype) if dtype else None
+    if concrete is None or itemsize is None:
+        return None
+    return TensorInfo(dtype, concrete, math.prod(concrete) * itemsize)
+
+
+def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> str:
+    dtype = v.dtype or dtype
+    shape = v.shape if v.shape is not None else shape
+    where = f"output of {v.producer.op_type} node '{v.producer.name}'" if v.producer else "graph input"
+    if shape is None:
+        why = "its rank is unknown, even after shape inference"
+    elif any(isinstance(d, str) and d not in dims for d in shape):
+        names = sorted({d for d in shape if isinstance(d, str) and d not in dims})
+        why = "give " + ", ".join(f"--dim {n}=SIZE" for n in names)
+    elif any(d is None for d in shape):
+        why = "a dimension is unknown, even after shape inference"
+    elif not dtype:
+        why = "its element type is unknown"
+    else:
+        why = f"element type {onnx.TensorProto.DataType.Name(dtype)} has no fixed size"
+    dims_text = "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    return f"cannot size tensor '{v.name}' ({where}, shape {dims_text}): {why}"
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """One activation: its size in bytes and the steps it is live, ``start``..``end`` inclusive."""
+
+    value: ir.Value
+    nbytes: int
+    start: int
+    end: int
+
+
+@dataclass
+class Liveness:
+    """Activation lifetimes over ``schedule``, plus the bytes kept outside the arena."""
+
+    schedule: list[ir.Node]
+    tensors: dict[ir.Value, Lifetime]  # in order of production
+    input_bytes: int
+    output_bytes: int
+    constant_bytes: int  # initializers and constant node outputs
+
+    def live_bytes(self) -> np.ndarray:
+        """Bytes of activations live at each step."""
+        return live_profile(len(self.schedule), [(t.nbytes, t.start, t.end) for t in self.tensors.values()])
+
+    @property
+    def lower_bound(self) -> int:
+        profile = self.live_bytes()
+        return int(profile.max()) if len(profile) else 0
+
+
+def live_profile(n_steps: int, spans: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """Sum of ``nbytes`` over the ``(nbytes, start, end)`` spans live at each step."""
+    delta = np.zeros(n_steps + 1, dtype=np.int64)
+    if spans:
+        arr = np.asarray(spans, dtype=np.int64)
+        np.add.at(delta, arr[:, 1], arr[:, 0])
+        np.add.at(delta, arr[:, 2] + 1, -arr[:, 0])
+    return np.cumsum(delta[:-1])
+
+
+def top_level(node: ir.Node, graph: ir.Graph) -> ir.Node:
+    """The node of ``graph`` that holds ``node`` (itself, or the If/Loop whose body it is in)."""
+    while node.graph is not graph:
+        holder = node.graph.parent if node.graph is not None else None
+        if holder is None:
+            raise ValueError(f"{node!r} is not inside graph '{graph.name}'")
+        node = holder
+    return node
+
+
+def is_activation(v: ir.Value) -> bool:
+    """Whether ``v`` belongs in the arena: written by a node, not a graph output, not a constant."""
+    return v.producer is not None and not v.is_graph_output and ir.constant_tensor(v) is None
+
+
+def liveness(model: ir.Model, schedule: Sequence[ir.Node], infos: Mapping[ir.Value, TensorInfo]) -> Liveness:
+    """Lifetimes of the main graph's activations when its nodes run in ``schedule`` order."""
+    graph = model.graph
+    step = {id(n): i for i, n in enumerate(schedule)}
+    if len(step) != len(graph) or any(n.graph is not graph for n in schedule):
+        raise ValueError("the schedule must list each node of the main graph once")
+    tensors: dict[ir.Value, Lifetime] = {}
+    output_bytes = constant_bytes = 0
+    for i, node in enumerate(schedule):
+        for v in node.outputs:
+            if v is None:
+                continue
+            if v.is_graph_output:
+                output_bytes += infos[v].nbytes
+                continue
+            if not is_activation(v):
+                constant_bytes += infos[v].nbytes
+                continue
+            end = i
+            for user, _ in v.uses:
+                s = step[id(user if user.graph is graph else top_level(user, graph))]
+                if s < i:
+                    raise ValueError(f"the schedule runs a reader of '{v.name}' before its producer")
+                end = max(end, s)
+            tensors[v] = Lifetime(v, infos[v].nbytes, i, end)
+    return Liveness(
+        list(schedule), tensors,
+        input_bytes=sum(infos[v].nbytes for v in graph.inputs if v.const is None),
+        output_bytes=output_bytes,
+        constant_bytes=constant_bytes + sum(v.const.nbytes for v in graph.initializers.values() if v.const is not None),
+    )
+
+
+class TensorInfos(Analysis[dict[ir.Value, TensorInfo]]):
+    """Concrete types and sizes of the main graph's tensors, with the context's ``dims``."""
+
+    name = "tensor-infos"
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> dict[ir.Value, TensorInfo]:
+        return tensor_infos(model, ctx.dims)
+
+
+class FileOrderLiveness(Analysis[Liveness]):
+    """Activation lifetimes when the nodes run in the order the model lists them."""
+
+    name = "liveness"
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> Liveness:
+        return liveness(model, list(model.graph), ctx.get(TensorInfos))

@@ -1,0 +1,241 @@
+"""Run a model exactly as a memory plan lays it out, to prove the plan by execution.
+
+Every activation lives in one preallocated byte arena at the offset the plan gives it: each
+node reads its inputs from there and its outputs are written there, so an in-place alias really
+overwrites the input and a Concat whose inputs were written into its output copies nothing
+(only inputs the plan did not alias are copied into their slices). Whenever the plan says a
+tensor's last reader has run, the bytes no live tensor still covers are *poisoned* (0xFF, a NaN
+in every float type). A plan that lets a live tensor be overwritten, frees one too early or
+aliases wrongly therefore produces wrong outputs instead of lucky right ones, and
+``check_by_execution`` compares the outputs with onnxruntime's.
+
+Node implementations come from onnx's reference evaluator, one single-node model per node (with
+the model's opsets and local functions), so any standard op runs. It is slow; it is a checker,
+not a runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+
+from optgraph import ir
+from optgraph.ir.order import outer_inputs
+from optgraph.passes.memory_plan import MemoryPlan, Placement, contiguous_concat
+from optgraph.runtime.oracle import Comparison, _compare_arrays, _session, random_inputs
+
+POISON = 0xFF
+
+
+class ExecutionError(ir.OptGraphError):
+    """The model cannot be run under this plan (an op without an implementation, a shape the
+    plan did not size for)."""
+
+
+class _Kernel:
+    """One node as a single-node model on onnx's reference evaluator."""
+
+    def __init__(self, node: ir.Node, proto: onnx.NodeProto, model: onnx.ModelProto) -> None:
+        self.inputs = [v for v in [*node.inputs, *outer_inputs(node)] if v is not None]
+        self.outputs = [v for v in node.outputs if v is not None]
+        graph = onnx.helper.make_graph(
+            [proto], "node", [onnx.ValueInfoProto(name=v.name) for v in dict.fromkeys(self.inputs)],
+            [onnx.ValueInfoProto(name=v.name) for v in self.outputs])
+        single = onnx.helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
+                                        ir_version=model.ir_version)
+        try:
+            self.evaluator = ReferenceEvaluator(single)
+        except Exception as e:
+            raise ExecutionError(f"no reference implementation for {node.domain or 'ai.onnx'}:{node.op_type} "
+                                 f"(node '{node.name}'): {type(e).__name__}: {e}") from None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(a) for a in self.evaluator.run(None, feeds)]
+
+
+class _Pool:
+    """MaxPool/AveragePool in numpy: onnx's reference evaluator sizes ceil_mode windows wrongly
+    (one extra output row and column), so pooling gets an implementation of its own."""
+
+    def __init__(self, node: ir.Node) -> None:
+        self.inputs = [v for v in node.inputs if v is not None]
+        self.outputs = [v for v in node.outputs if v is not None]
+        self.op = node.op_type
+        self.kernel = list(node.attr("kernel_shape"))
+        n = len(self.kernel)
+        self.strides = list(node.attr("strides", [1] * n))
+        self.dilations = list(node.attr("dilations", [1] * n))
+        self.pads = list(node.attr("pads", [0] * 2 * n)) if node.attr("auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * n
+        self.ceil = bool(node.attr("ceil_mode", 0))
+        self.count_pad = bool(node.attr("count_include_pad", 0))
+
+    @staticmethod
+    def handles(node: ir.Node) -> bool:
+        return (node.op_type in ("MaxPool", "AveragePool") and node.domain in ("", "ai.onnx")
+                and len([v for v in node.outputs if v is not None]) == 1
+                and node.attr("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        x = feeds[self.inputs[0].name]
+        n = len(self.kernel)
+        spatial = x.shape[2:]
+        window = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+        sizes, widths = [], [(0, 0), (0, 0)]
+        for i in range(n):
+            begin, end = self.pads[i], self.pads[i + n]
+            span = spatial[i] + begin + end - window[i]
+            out = (-(-span // self.strides[i]) if self.ceil else span // self.strides[i]) + 1
+            if self.ceil and (out - 1) * self.strides[i] >= spatial[i] + begin:
+                out -= 1  # the last window must start inside the input or its leading pad
+            sizes.append(out)
+            overflow = max(0, (out - 1) * self.strides[i] + window[i] - (spatial[i] + begin + end))
+            widths.append((begin, end + overflow))
+
+        def windows(a: np.ndarray) -> np.ndarray:
+            view = np.lib.stride_tricks.sliding_window_view(a, window, axis=tuple(range(2, 2 + n)))
+            picks = tuple(slice(0, o * s, s) for o, s in zip(sizes, self.strides))
+            return view[(slice(None), slice(None), *picks, *(slice(None, None, d) for d in self.dilations))]
+
+        axes = tuple(range(2 + n, 2 + 2 * n))
+        if self.op == "MaxPool":
+            low = np.finfo(x.dtype).min if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+            return [windows(np.pad(x, widths, constant_values=low)).max(axis=axes)]
+        total = windows(np.pad(x, widths)).sum(axis=axes)
+        if self.count_pad:  # the pads count, the ceil_mode overflow does not
+            padded = [s + self.pads[i] + self.pads[i + n] for i, s in enumerate(spatial)]
+            inside = np.pad(np.ones(padded, x.dtype), [(0, w[1] - self.pads[i + n]) for i, w in enumerate(widths[2:])])
+        else:
+            inside = np.pad(np.ones(spatial, x.dtype), widths[2:])
+        count = windows(inside[None, None]).sum(axis=axes)
+        return [(total / count).astype(x.dtype)]
+
+
+class ArenaExecutor:
+    """Runs ``model`` with its activations where ``plan`` puts them (see the module docstring)."""
+
+    def __init__(self, model: ir.Model, plan: MemoryPlan, *, poison: bool = True) -> None:
+        self.model = model
+        self.plan = plan
+        self.poison = poison
+        proto = ir.to_proto(model)  # its nodes are written in graph order
+        index = {id(n): i for i, n in enumerate(model.graph)}
+        self.kernels = [_Pool(n) if _Pool.handles(n) else _Kernel(n, proto.graph.node[index[id(n)]], proto)
+                        for n in plan.schedule]
+        self.parent = {a.value: a.into for a in plan.aliases}
+        self.constants = {v.name: v.const.numpy() for v in model.graph.initializers.values() if v.const is not None}
+        self.starting: dict[int, list[Placement]] = {}
+        for p in plan.placements.values():
+            self.starting.setdefault(p.start, []).append(p)
+
+    def _inside(self, v: ir.Value, container: ir.Value) -> bool:
+        """Whether the plan puts ``v`` inside ``container`` (through any chain of aliases)."""
+        while v in self.parent:
+            v = self.parent[v]
+            if v is container:
+                return True
+        return False
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph outputs for ``feeds``, computed in the plan's arena."""
+        plan = self.plan
+        arena = np.full(plan.arena_size, POISON, dtype=np.uint8)
+        others: dict[str, np.ndarray] = {**self.constants, **{k: np.asarray(a) for k, a in feeds.items()}}
+        live: list[Placement] = []
+
+        def slot(p: Placement) -> np.ndarray:
+            info = plan.infos[p.value]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(info.dtype)
+            return arena[p.offset:p.offset + p.nbytes].view(dtype).reshape(info.shape)
+
+        def read(v: ir.Value) -> np.ndarray:
+            p = plan.placements.get(v)
+            if p is not None:
+                return slot(p).copy()
+            if v.name not in others:
+                raise ExecutionError(f"'{v.name}' is read before anything wrote it")
+            return others[v.name]
+
+        for step, (node, kernel) in enumerate(zip(plan.schedule, self.kernels)):
+            live += self.starting.get(step, [])
+            out = node.outputs[0] if node.outputs else None
+            concat = node.op_type == "Concat" and node.domain in ("", "ai.onnx") and out in plan.placements
+            in_place = [concat and v is not None and self._inside(v, out) for v in node.inputs]
+            if any(in_place):
+                self._fill_concat(node, in_place, arena, read)
+            else:
+                results = kernel.run({v.name: read(v) for v in kernel.inputs})
+                for v, result in zip(kernel.outputs, results):
+                    p = plan.placements.get(v)
+                    if p is None:
+                        others[v.name] = result.copy()
+                        continue
+                    target = slot(p)
+                    if result.shape != target.shape or result.dtype != target.dtype:
+                        raise ExecutionError(
+                            f"node '{node.name}' ({node.op_type}) made '{v.name}' {result.dtype}{list(result.shape)}, "
+                            f"but the plan sized it as {target.dtype}{list(target.shape)}")
+                    np.copyto(target, result)
+            if self.poison:
+                live = self._poison_dead(step, live, arena)
+        return {v.name: others[v.name] for v in self.model.graph.outputs}
+
+    def _fill_concat(self, node: ir.Node, in_place: list[bool], arena: np.ndarray, read: Any) -> None:
+        """A Concat whose inputs the plan put inside its output: copy only the others."""
+        out = node.outputs[0]
+        assert out is not None
+        if not contiguous_concat(node, self.plan.infos):
+            raise ExecutionError(f"the plan aliases into Concat '{node.name}', whose inputs are not contiguous slices")
+        at = self.plan.placements[out].offset
+        for v, done in zip(node.inputs, in_place):
+            if v is None:
+                continue
+            n = self.plan.infos[v].nbytes
+            if not done:
+                arena[at:at + n] = np.ascontiguousarray(read(v)).view(np.uint8).reshape(-1)
+            at += n
+
+    def _poison_dead(self, step: int, live: list[Placement], arena: np.ndarray) -> list[Placement]:
+        """Poison the bytes of tensors whose last reader ran at ``step`` that no live tensor covers."""
+        still = [p for p in live if p.end > step]
+        for p in live:
+            if p.end != step:
+                continue
+            covered = sorted((q.offset, q.offset + q.nbytes) for q in still
+                             if q.offset < p.offset + p.nbytes and p.offset < q.offset + q.nbytes)
+            at = p.offset
+            for lo, hi in covered:
+                if lo > at:
+                    arena[at:lo] = POISON
+                at = max(at, hi)
+            if at < p.offset + p.nbytes:
+                arena[at:p.offset + p.nbytes] = POISON
+        return still
+
+
+def check_by_execution(model: ir.Model, plan: MemoryPlan, *, n_inputs: int = 2, seed: int = 0,
+                       rtol: float = 1e-4, atol: float = 1e-5) -> Comparison:
+    """Run ``model`` under ``plan`` and on onnxruntime with seeded random inputs; compare outputs
+    with the oracle's tolerances. Truthy when they agree."""
+    proto = ir.to_proto(model)
+    session = _session(proto)
+    executor = ArenaExecutor(model, plan)
+    names = [o.name for o in session.get_outputs()]
+    worst = (-1.0, "", 0.0, 0.0, seed)
+    for s in range(seed, seed + n_inputs):
+        feeds = random_inputs(proto, seed=s, dims=plan.dims)
+        expected = session.run(None, feeds)
+        got = executor.run(feeds)
+        for name, a in zip(names, expected):
+            c = _compare_arrays(np.asarray(a), got[name], rtol, atol)
+            if not c.ok:
+                return Comparison(False, name, c.abs_err, c.rel_err, s,
+                                  f"the plan's execution differs at output '{name}' (seed {s}): {c.detail}")
+            if c.ratio > worst[0]:
+                worst = (c.ratio, name, c.abs_err, c.rel_err, s)
+    _, name, abs_err, rel_err, s = worst
+    return Comparison(True, name, abs_err, rel_err, s,
+                      f"the plan's execution matches onnxruntime on {n_inputs} input(s) from seed {seed}")
