@@ -2,6 +2,7 @@
 
 from optgraph.passes import dce, fuse_conv_act, fuse_conv_bn  # noqa: F401
 from optgraph.passes import cse, fold, noops, shapes, tensorrt_ready  # noqa: F401
+from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.registry import register_group
 
 register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-ops and unused constants")

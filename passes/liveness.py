@@ -24,6 +24,7 @@ import onnx
 
 from optgraph import ir
 from optgraph.passes.base import Analysis, PassContext
+from optgraph.passes.shapes import ShapeInference
 
 
 class UnknownSizeError(ir.OptGraphError):
@@ -60,10 +61,11 @@ def _concrete(shape: ir.core.Shape | None, dims: Mapping[str, int]) -> tuple[int
 
 
 def inferred_types(model: ir.Model, dims: Mapping[str, int]) -> dict[str, tuple[int, ir.core.Shape | None]]:
-    """Element type and shape of every tensor onnx's shape inference can work out.
+    """Element type and shape of every tensor onnx's shape inference can work out once the
+    user's sizes are written into the graph inputs.
 
-    The user's sizes are written into the graph inputs first, so shapes that depend on them
-    (reshapes, concats of ``batch * 64``) come out concrete instead of as new symbols.
+    The shared ShapeInference analysis keeps dims symbolic; with the sizes filled in, shapes that
+    depend on them (a reshape to ``batch * 64``) come out concrete instead of unknown.
     """
     proto = ir.to_proto(model)
     graph = proto.graph
@@ -238,6 +240,7 @@ class TensorInfos(Analysis[dict[ir.Value, TensorInfo]]):
     name = "tensor-infos"
 
     def compute(self, model: ir.Model, ctx: PassContext) -> dict[ir.Value, TensorInfo]:
+        ctx.get(ShapeInference)  # the shared types first; tensor_infos infers again only with dims filled in
         return tensor_infos(model, ctx.dims)
 
 

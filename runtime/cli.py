@@ -219,6 +219,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from optgraph.passes.base import PassContext
+    from optgraph.passes.liveness import TensorInfos
+    from optgraph.passes.memory_plan import check_plan, format_plan, plan_memory, plot_plan
+
+    for out in filter(None, (args.json, args.plot)):
+        _check_output_path(args.model, out)
+    model = _load(args.model)
+    ctx = PassContext(dims=_dims(args.dim))
+    ctx.bind(model)
+    plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order, alignment=args.alignment,
+                       inplace=not args.no_inplace, concat=not args.no_concat, dims=ctx.dims)
+    print(format_plan(plan))
+    if args.json:
+        _write_json(args.json, plan.to_json())
+    if args.plot:
+        plot_plan(plan, args.plot)
+    if args.check:
+        from optgraph.runtime.executor import check_by_execution
+
+        problems = check_plan(model, plan)
+        result = None if problems else check_by_execution(model, plan, n_inputs=args.inputs, seed=args.seed)
+        if result is None or not result:
+            print(f"mismatch: {problems[0] if problems else result.message}")  # type: ignore[union-attr]
+            return EXIT_MISMATCH
+        print(f"checked: {result.message}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------
 # parser and entry point
 
@@ -265,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    plan = sub.add_parser("plan", help="plan activation memory: arena offsets, aliases, lower bounds")
+    plan.add_argument("model")
+    plan.add_argument("--json", metavar="OUT", help="write the plan as JSON (schema: docs/memory-planning.md)")
+    plan.add_argument("--plot", metavar="OUT.png", help="draw the memory timeline (matplotlib)")
+    plan.add_argument("--strategy", choices=["greedy-size", "greedy-breadth"], default="greedy-breadth")
+    plan.add_argument("--order", choices=["file", "memory"], default="file",
+                      help="memory: a schedule with a lower peak when there is one")
+    plan.add_argument("--alignment", type=int, default=256, help="byte alignment of each buffer (default 256)")
+    plan.add_argument("--no-inplace", action="store_true", help="no in-place aliases")
+    plan.add_argument("--no-concat", action="store_true", help="no concat aliases")
+    plan.add_argument("--check", action="store_true",
+                      help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")
+    oracle_options(plan)
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 
