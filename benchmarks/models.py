@@ -324,51 +324,10 @@ def _entry(name: str, exporter: str, path: Path, seconds: float) -> Entry:
 
 
 def synthetic(n_nodes: int) -> onnx.ModelProto:
-    """The project's conv-bn-relu + 1x1 branches + concat generator, as a ModelProto."""
-    from optgraph import ir
+    """The project's conv-bn-relu + 1x1 branches + concat generator (optgraph.passes.testing.models)."""
+    from optgraph.passes.testing.models import synthetic as make
 
-    try:
-        from optgraph.passes.testing.models import synthetic as make
-    except ImportError:  # TEMPORARY until optgraph.passes.testing.models lands
-        make = _placeholder_synthetic
-    model = make(n_nodes)
-    return ir.to_proto(model) if isinstance(model, ir.Model) else model
-
-
-def _placeholder_synthetic(n_nodes: int) -> onnx.ModelProto:
-    """Blocks of [3x3 conv-bn-relu | 1x1 conv-bn-relu] -> concat -> 1x1 conv, 8 nodes each."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    c = 8
-    nodes, inits = [], []
-    x = "input"
-
-    def const(name: str, shape: tuple[int, ...]) -> str:
-        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name))
-        return name
-
-    def conv_bn_relu(i: int, tag: str, src: str, k: int) -> str:
-        p = f"b{i}{tag}"
-        nodes.append(helper.make_node("Conv", [src, const(p + "w", (c, c, k, k))], [p + "c"], pads=[k // 2] * 4))
-        nodes.append(helper.make_node("BatchNormalization", [p + "c", const(p + "s", (c,)), const(p + "b", (c,)),
-                                                             const(p + "m", (c,)), p + "v"], [p + "n"]))
-        inits.append(numpy_helper.from_array(np.ones(c, np.float32), p + "v"))
-        nodes.append(helper.make_node("Relu", [p + "n"], [p + "r"]))
-        return p + "r"
-
-    for i in range(max(1, n_nodes // 8)):
-        a, b = conv_bn_relu(i, "a", x, 3), conv_bn_relu(i, "b", x, 1)
-        nodes.append(helper.make_node("Concat", [a, b], [f"b{i}cat"], axis=1))
-        nodes.append(helper.make_node("Conv", [f"b{i}cat", const(f"b{i}pw", (c, 2 * c, 1, 1))], [f"b{i}out"]))
-        x = f"b{i}out"
-    nodes[-1].output[0] = "output"
-    graph = helper.make_graph(nodes, "synthetic", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, c, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make(n_nodes)
 
 
 def export_synthetic(n_nodes: int, out: Path) -> Entry:

@@ -1,0 +1,61 @@
+"""benchmarks/compare.py end to end on one tiny model with optgraph and onnxoptimizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from optgraph.passes.testing.models import synthetic
+
+COMPARE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxoptimizer")
+pytest.importorskip("matplotlib")
+
+
+def test_compare_quick_on_a_tiny_model(tmp_path: Path) -> None:
+    model = tmp_path / "tiny.onnx"
+    onnx.save(synthetic(60), model)
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(COMPARE), "--quick", "--models", str(model),
+                        "--tools", "optgraph", "onnxoptimizer", "--timeout", "120", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    results = json.loads((out / "compare.json").read_text())["tiny"]
+    assert set(results) == {"original", "optgraph", "onnxoptimizer"}
+    for tool in ("optgraph", "onnxoptimizer"):
+        r = results[tool]
+        assert "error" not in r, r
+        assert r["equivalent"] is True, r["oracle"]
+        assert r["nodes"] > 0 and r["seconds"] > 0 and r["latency_off_ms"] > 0
+    assert results["optgraph"]["nodes"] <= results["original"]["nodes"]
+    table = (out / "compare.md").read_text()
+    assert "| optgraph |" in table and "| onnxoptimizer |" in table and "Machine:" in table
+    assert (out / "compare.png").stat().st_size > 0
+
+
+def test_compare_reports_a_wrong_result(tmp_path: Path) -> None:
+    """The measurement half must catch a tool whose output differs: feed it a deliberately altered model."""
+    sys.path.insert(0, str(COMPARE.parent))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(COMPARE.parent))
+    original = tmp_path / "orig.onnx"
+    proto = synthetic(60)
+    onnx.save(proto, original)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(proto)
+    relu = next(n for n in broken.graph.node if n.op_type == "Relu")
+    relu.op_type = "Sigmoid"  # a wrong rewrite: same graph shape, different numbers
+    bad = tmp_path / "bad.onnx"
+    onnx.save(broken, bad)
+    r = compare.common.run_child(str(COMPARE), ["measure", str(original), str(bad), "0.05"], 120)
+    assert r["equivalent"] is False, r
+    assert "differs" in r["oracle"]
