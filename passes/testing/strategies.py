@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 FLOAT = TensorProto.FLOAT
-INT64 = TensorProto.INT64
 INT64_MAX = np.iinfo(np.int64).max
 DEFAULT_OPSETS = tuple(range(11, 22))
 
@@ -207,11 +206,12 @@ class GraphBuilder:
         del self.initializers[n_inits:]
 
     def graph_outputs(self) -> list[str]:
-        """The marked outputs, then every pool value nothing consumes."""
-        used = {i for n in self.nodes for i in n.input}
+        """The marked outputs, then every pool value no live node consumes."""
+        dead = set(self.dead)
+        used = {i for n in self.nodes if not dead.issuperset(n.output) for i in n.input}
         outputs = list(self.outputs)
         for v in dict.fromkeys(self.pool):
-            if v not in used and v not in self.inputs and v not in self.dead and v not in outputs:
+            if v not in used and v not in self.inputs and v not in dead and v not in outputs:
                 outputs.append(v)
         return outputs
 
@@ -539,20 +539,27 @@ def unsqueeze(draw: DrawFn, b: GraphBuilder, v: str) -> str:
 
 
 def squeeze(draw: DrawFn, b: GraphBuilder, v: str) -> str:
-    ones = [i for i, d in enumerate(b.shape(v)) if d == 1]
+    """Squeeze given size-1 axes, or (axes omitted) every size-1 axis when all sizes are known."""
+    shape = b.shape(v)
+    ones = [i for i, d in enumerate(shape) if d == 1]
     b.require(bool(ones))
+    if len(ones) < len(shape) and all(isinstance(d, int) for d in shape) and draw(st.booleans()):
+        return _axis_attr_or_input(draw, b, "Squeeze", v, None, 13)
     axes = draw(st.lists(st.sampled_from(ones), min_size=1, unique=True))
     return _axis_attr_or_input(draw, b, "Squeeze", v, sorted(axes), 13)
 
 
 def reduce_mean(draw: DrawFn, b: GraphBuilder, v: str) -> str:
-    """ReduceMean (axes attribute before opset 18, input from 18)."""
+    """ReduceMean (axes attribute before opset 18, input from 18; omitted axes reduce all)."""
     rank = b.rank(v)
     b.require(rank >= 1)
-    axes = sorted(draw(st.lists(st.integers(0, rank - 1), min_size=1, max_size=rank, unique=True)))
+    axes: list[int] | None = sorted(draw(st.lists(st.integers(0, rank - 1), min_size=1, max_size=rank,
+                                                  unique=True)))
     keepdims = draw(st.sampled_from((None, 0, 1)))
-    b.require(keepdims != 0 or len(axes) < rank)
-    if draw(st.booleans()):
+    if keepdims != 0 and draw(st.integers(0, 3)) == 0:
+        axes = None
+    b.require(keepdims != 0 or len(axes or ()) < rank)  # keep at least one axis
+    if axes and draw(st.booleans()):
         axes = [a - rank for a in axes]
     return _axis_attr_or_input(draw, b, "ReduceMean", v, axes, 18,
                                **({} if keepdims is None else {"keepdims": keepdims}))
@@ -718,7 +725,7 @@ def graph_output_inside(draw: DrawFn, b: GraphBuilder, v: str) -> str:
         y = conv(draw, b, v)
         b.mark_output(y)
         return batchnorm(draw, b, y)
-    y = b.op("Identity", [v]) if draw(st.booleans()) else v
+    y = b.op("Identity", [v]) if v in b.inputs or draw(st.booleans()) else v  # an input cannot be an output
     b.mark_output(y)
     return activation(draw, b, y)
 
@@ -821,12 +828,11 @@ def residual(draw: DrawFn, b: GraphBuilder, v: str) -> str:
 
 
 def dead_branch(draw: DrawFn, b: GraphBuilder, v: str) -> str:
-    """Nodes whose results reach no graph output."""
+    """A live activation with a side branch (an activation, or a conv) whose result reaches no
+    graph output."""
     y = activation(draw, b, v)
-    b.mark_dead(y)
-    if b.rank(v) == 4 and draw(st.booleans()):
-        b.mark_dead(conv(draw, b, y))
-    return v
+    b.mark_dead(conv(draw, b, y) if b.rank(y) == 4 and draw(st.booleans()) else activation(draw, b, y))
+    return y
 
 
 MOTIFS: dict[str, Motif] = {
@@ -914,9 +920,6 @@ def _models(draw: DrawFn, catalogs: list[list[tuple[str, Motif]]], opsets: list[
                 b.rollback(cp)
         else:
             misses += 1
-    if not b.graph_outputs():  # all of it dead, or nothing made
-        if b.dead:
-            b.mark_output(b.dead[-1])
-        else:
-            b.op("Relu", [b.inputs[0]])
+    if not b.nodes:  # every draw missed
+        b.op("Relu", [b.inputs[0]])
     return b.build()
