@@ -91,14 +91,14 @@ def inferred_types(model: ir.Model, dims: Mapping[str, int]) -> dict[str, tuple[
 
 
 def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict[ir.Value, TensorInfo]:
-    """Concrete type and size of the main graph's inputs and of every node output.
+    """Concrete type and size of the main graph's inputs, initializers and node outputs.
 
     Shapes come from the model; shape inference fills in what is missing. A tensor whose size
     is still unknown raises UnknownSizeError naming it (and the symbolic dims to give, if any).
     """
     dims = dict(dims or {})
     graph = model.graph
-    values = [v for v in graph.inputs if v.const is None]
+    values = [v for v in graph.inputs if v.const is None] + list(graph.initializers.values())
     values += [v for node in graph for v in node.outputs if v is not None]
     infos: dict[ir.Value, TensorInfo] = {}
     missing: list[ir.Value] = []

@@ -762,6 +762,14 @@ class PlanMemory(Pass):
         concat: bool = True
         attach: bool = False  # store the plan's JSON in the model's metadata (optgraph.memory_plan)
 
+        def __post_init__(self) -> None:  # bad values fail when the pipeline is parsed
+            if self.strategy not in STRATEGIES:
+                raise ValueError(f"plan-memory: unknown strategy '{self.strategy}' ({', '.join(STRATEGIES)})")
+            if self.order not in ORDERS:
+                raise ValueError(f"plan-memory: unknown order '{self.order}' ({', '.join(ORDERS)})")
+            if self.alignment < 1:
+                raise ValueError(f"plan-memory: alignment must be at least 1, got {self.alignment}")
+
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         o = self.options
         plan = plan_memory(model, ctx.get(TensorInfos), strategy=o.strategy, order=o.order, alignment=o.alignment,

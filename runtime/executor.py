@@ -10,13 +10,14 @@ aliases wrongly therefore produces wrong outputs instead of lucky right ones, an
 ``check_by_execution`` compares the outputs with onnxruntime's.
 
 Node implementations come from onnx's reference evaluator, one single-node model per node (with
-the model's opsets and local functions), so any standard op runs. It is slow; it is a checker,
-not a runtime.
+the model's opsets and local functions), so any standard op runs; the few ops it gets wrong
+(pooling with ceil_mode, inference BatchNormalization before opset 14) run in numpy. It is slow;
+it is a checker, not a runtime.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -57,61 +58,88 @@ class _Kernel:
         return [np.asarray(a) for a in self.evaluator.run(None, feeds)]
 
 
-class _Pool:
-    """MaxPool/AveragePool in numpy: onnx's reference evaluator sizes ceil_mode windows wrongly
-    (one extra output row and column), so pooling gets an implementation of its own."""
+Fn = Callable[..., np.ndarray]
 
-    def __init__(self, node: ir.Node) -> None:
-        self.inputs = [v for v in node.inputs if v is not None]
-        self.outputs = [v for v in node.outputs if v is not None]
-        self.op = node.op_type
-        self.kernel = list(node.attr("kernel_shape"))
-        n = len(self.kernel)
-        self.strides = list(node.attr("strides", [1] * n))
-        self.dilations = list(node.attr("dilations", [1] * n))
-        self.pads = list(node.attr("pads", [0] * 2 * n)) if node.attr("auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * n
-        self.ceil = bool(node.attr("ceil_mode", 0))
-        self.count_pad = bool(node.attr("count_include_pad", 0))
 
-    @staticmethod
-    def handles(node: ir.Node) -> bool:
-        return (node.op_type in ("MaxPool", "AveragePool") and node.domain in ("", "ai.onnx")
-                and len([v for v in node.outputs if v is not None]) == 1
-                and node.attr("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
+def _pool(node: ir.Node) -> Fn | None:
+    """MaxPool/AveragePool: the reference evaluator sizes ceil_mode windows wrongly (one output
+    row and column too many)."""
+    if len([v for v in node.outputs if v is not None]) != 1 or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    kernel = list(node.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(node.attr("strides", [1] * n))
+    dilations = list(node.attr("dilations", [1] * n))
+    pads = list(node.attr("pads", [0] * 2 * n)) if node.attr("auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * n
+    ceil, count_pad, is_max = bool(node.attr("ceil_mode", 0)), bool(node.attr("count_include_pad", 0)), node.op_type == "MaxPool"
+    window = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        x = feeds[self.inputs[0].name]
-        n = len(self.kernel)
+    def run(x: np.ndarray) -> np.ndarray:
         spatial = x.shape[2:]
-        window = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
-        sizes, widths = [], [(0, 0), (0, 0)]
+        sizes, widths = [], []
         for i in range(n):
-            begin, end = self.pads[i], self.pads[i + n]
-            span = spatial[i] + begin + end - window[i]
-            out = (-(-span // self.strides[i]) if self.ceil else span // self.strides[i]) + 1
-            if self.ceil and (out - 1) * self.strides[i] >= spatial[i] + begin:
+            span = spatial[i] + pads[i] + pads[i + n] - window[i]
+            out = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+            if ceil and (out - 1) * strides[i] >= spatial[i] + pads[i]:
                 out -= 1  # the last window must start inside the input or its leading pad
             sizes.append(out)
-            overflow = max(0, (out - 1) * self.strides[i] + window[i] - (spatial[i] + begin + end))
-            widths.append((begin, end + overflow))
+            overflow = max(0, (out - 1) * strides[i] + window[i] - (spatial[i] + pads[i] + pads[i + n]))
+            widths.append((pads[i], pads[i + n] + overflow))
 
         def windows(a: np.ndarray) -> np.ndarray:
             view = np.lib.stride_tricks.sliding_window_view(a, window, axis=tuple(range(2, 2 + n)))
-            picks = tuple(slice(0, o * s, s) for o, s in zip(sizes, self.strides))
-            return view[(slice(None), slice(None), *picks, *(slice(None, None, d) for d in self.dilations))]
+            picks = tuple(slice(0, o * s, s) for o, s in zip(sizes, strides))
+            return view[(slice(None), slice(None), *picks, *(slice(None, None, d) for d in dilations))]
 
         axes = tuple(range(2 + n, 2 + 2 * n))
-        if self.op == "MaxPool":
+        if is_max:
             low = np.finfo(x.dtype).min if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-            return [windows(np.pad(x, widths, constant_values=low)).max(axis=axes)]
-        total = windows(np.pad(x, widths)).sum(axis=axes)
-        if self.count_pad:  # the pads count, the ceil_mode overflow does not
-            padded = [s + self.pads[i] + self.pads[i + n] for i, s in enumerate(spatial)]
-            inside = np.pad(np.ones(padded, x.dtype), [(0, w[1] - self.pads[i + n]) for i, w in enumerate(widths[2:])])
+            return windows(np.pad(x, [(0, 0), (0, 0), *widths], constant_values=low)).max(axis=axes)
+        total = windows(np.pad(x, [(0, 0), (0, 0), *widths])).sum(axis=axes)
+        if count_pad:  # the pads count, the ceil_mode overflow does not
+            padded = [s + pads[i] + pads[i + n] for i, s in enumerate(spatial)]
+            inside = np.pad(np.ones(padded, x.dtype), [(0, w[1] - pads[i + n]) for i, w in enumerate(widths)])
         else:
-            inside = np.pad(np.ones(spatial, x.dtype), widths[2:])
-        count = windows(inside[None, None]).sum(axis=axes)
-        return [(total / count).astype(x.dtype)]
+            inside = np.pad(np.ones(spatial, x.dtype), widths)
+        return (total / windows(inside[None, None]).sum(axis=axes)).astype(x.dtype)
+
+    return run
+
+
+def _batch_norm(node: ir.Node) -> Fn | None:
+    """Inference BatchNormalization: the reference evaluator's opset 9-13 version applies the
+    momentum attribute's default and computes training statistics."""
+    if len([v for v in node.outputs if v is not None]) != 1 or node.attr("training_mode", 0):
+        return None
+    eps = node.attr("epsilon", 1e-5)
+
+    def run(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+        per_channel = (-1,) + (1,) * (x.ndim - 2)
+        s, b, m, v = (a.reshape(per_channel) for a in (scale, bias, mean, var))
+        return (s * (x - m) / np.sqrt(v + eps) + b).astype(x.dtype)
+
+    return run
+
+
+_NUMPY = {"MaxPool": _pool, "AveragePool": _pool, "BatchNormalization": _batch_norm}
+
+
+class _Numpy:
+    """One node in numpy, for the ops the reference evaluator gets wrong."""
+
+    def __init__(self, node: ir.Node, fn: Fn) -> None:
+        self.inputs = [v for v in node.inputs if v is not None]
+        self.outputs = [v for v in node.outputs if v is not None]
+        self.fn = fn
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [self.fn(*(feeds[v.name] for v in self.inputs))]
+
+
+def _kernel(node: ir.Node, proto: onnx.NodeProto, model: onnx.ModelProto) -> _Numpy | _Kernel:
+    factory = _NUMPY.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    fn = factory(node) if factory is not None else None
+    return _Numpy(node, fn) if fn is not None else _Kernel(node, proto, model)
 
 
 class ArenaExecutor:
@@ -123,8 +151,7 @@ class ArenaExecutor:
         self.poison = poison
         proto = ir.to_proto(model)  # its nodes are written in graph order
         index = {id(n): i for i, n in enumerate(model.graph)}
-        self.kernels = [_Pool(n) if _Pool.handles(n) else _Kernel(n, proto.graph.node[index[id(n)]], proto)
-                        for n in plan.schedule]
+        self.kernels = [_kernel(n, proto.graph.node[index[id(n)]], proto) for n in plan.schedule]
         self.parent = {a.value: a.into for a in plan.aliases}
         self.constants = {v.name: v.const.numpy() for v in model.graph.initializers.values() if v.const is not None}
         self.starting: dict[int, list[Placement]] = {}

@@ -1,0 +1,360 @@
+"""The memory planner: aliases it may and may not make, strategies, ordering, the plan's forms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optgraph import ir
+from optgraph.passes import PipelineError, run_passes
+from optgraph.passes import memory_plan as mp
+from optgraph.passes.liveness import tensor_infos
+from optgraph.passes.memory_plan import (ORDERS, STRATEGIES, MemoryPlan, PlanError, check_plan, memory_order,
+                                         plan_memory)
+from optgraph.passes.testing.strategies import MOTIFS, GraphBuilder, activation, conv, models
+from optgraph.runtime.executor import ExecutionError, check_by_execution
+from optgraph.runtime.cli import main
+
+DIMS = {"N": 2}
+
+
+def build(b: GraphBuilder) -> ir.Model:
+    return ir.from_proto(b.build())
+
+
+def values(model: ir.Model) -> dict[str, ir.Value]:
+    return {v.name: v for n in model.graph for v in n.outputs if v is not None}
+
+
+def plan(model: ir.Model, **options: object) -> MemoryPlan:
+    return plan_memory(model, tensor_infos(model, DIMS), dims=DIMS, **options)  # type: ignore[arg-type]
+
+
+def aliases(p: MemoryPlan) -> set[tuple[str, str, int, str]]:
+    return {(a.value.name, a.into.name, a.offset, a.kind) for a in p.aliases}
+
+
+def conv1x1(b: GraphBuilder, x: str, out: int, name: str) -> str:
+    w = b.const(b.weight([out, int(b.shape(x)[1]), 1, 1]))
+    return b.op("Conv", [x, w], name=name, kernel_shape=[1, 1])
+
+
+def inception(batch: int = 1) -> ir.Model:
+    """x -> conv a, conv b -> Relu each -> Concat(ra, rb) -> Relu -> output."""
+    b = GraphBuilder(17)
+    x = b.input((batch, 3, 4, 4), name="x")
+    ra = b.op("Relu", [conv1x1(b, x, 2, "a")], name="ra")
+    rb = b.op("Relu", [conv1x1(b, x, 5, "b")], name="rb")
+    b.mark_output(b.op("Relu", [b.op("Concat", [ra, rb], name="cat", axis=1)], name="y"))
+    return build(b)
+
+
+# ------------------------------------------------------------------------------------------------
+# aliases
+
+
+def test_elementwise_ops_write_over_an_input_that_dies_there():
+    model = inception()
+    p = plan(model)
+    assert {("a", "ra", 0, "inplace"), ("b", "rb", 0, "inplace")} <= aliases(p)
+    offsets = {v.name: pl.offset for v, pl in p.placements.items()}
+    assert offsets["a"] == offsets["ra"]
+    assert check_plan(model, p) == []
+
+
+def test_an_input_read_later_is_not_overwritten_in_place():
+    b = GraphBuilder(17)
+    x = b.input((1, 8), name="x")
+    a = b.op("Sigmoid", [x], name="a")
+    r = b.op("Relu", [a], name="r")
+    b.mark_output(b.op("Add", [a, r], name="y"))
+    assert ("a", "r", 0, "inplace") not in aliases(plan(build(b)))
+
+
+def test_in_place_needs_the_same_size_and_type():
+    b = GraphBuilder(17)
+    x = b.input((1, 4, 1), name="x")
+    a = b.op("Relu", [x], name="a")
+    wide = b.op("Add", [a, b.const(np.ones((1, 4, 3), np.float32))], name="wide")  # broadcast grows it
+    b.mark_output(b.op("Cast", [wide], name="y", to=7))
+    assert not aliases(plan(build(b)))
+
+
+def test_contiguous_concat_inputs_are_written_into_its_output():
+    p = plan(inception())
+    a_bytes = 2 * 4 * 4 * 4
+    assert {("ra", "cat", 0, "concat"), ("rb", "cat", a_bytes, "concat")} <= aliases(p)
+    assert p.lower_bound < p.file_order_lower_bound
+
+
+def test_a_concat_over_batch_two_is_not_contiguous_and_is_not_aliased():
+    p = plan(inception(batch=2))
+    assert not [a for a in p.aliases if a.kind == "concat"]
+
+
+def test_graph_inputs_and_a_value_in_two_concats_are_copied():
+    b = GraphBuilder(17)
+    x = b.input((1, 2, 3), name="x")
+    a = b.op("Relu", [x], name="a")
+    s = b.op("Sigmoid", [x], name="s")
+    c1 = b.op("Concat", [x, a], name="c1", axis=1)
+    c2 = b.op("Concat", [s, a], name="c2", axis=1)  # a is already inside c1
+    b.mark_output(b.op("Add", [c1, c2], name="y"))
+    model = build(b)
+    p = plan(model)
+    assert {(v, into) for v, into, _, kind in aliases(p) if kind == "concat"} == {("a", "c1"), ("s", "c2")}
+    assert check_plan(model, p) == []
+
+
+def test_a_concat_output_that_is_a_graph_output_keeps_its_own_buffer():
+    b = GraphBuilder(17)
+    x = b.input((1, 2), name="x")
+    b.mark_output(b.op("Concat", [b.op("Relu", [x], name="a"), b.op("Neg", [x], name="n")], name="y", axis=1))
+    assert not [a for a in plan(build(b)).aliases if a.kind == "concat"]
+
+
+def dense_block(layers: int = 3) -> ir.Model:
+    """DenseNet style: layer k concatenates the block input and every feature so far."""
+    b = GraphBuilder(17)
+    x = b.input((1, 2, 4, 4), name="x")
+    feats = [b.op("Relu", [x], name="f0")]
+    cat = feats[0]
+    for k in range(1, layers + 1):
+        feats.append(conv1x1(b, b.op("Sigmoid", [cat], name=f"act{k}"), 2, f"f{k}"))
+        cat = b.op("Concat", feats, name=f"cat{k}", axis=1)
+    b.mark_output(b.op("Relu", [cat], name="y"))
+    return build(b)
+
+
+def test_dense_blocks_lay_their_features_out_once():
+    model = dense_block()
+    p = plan(model)
+    got = aliases(p)
+    assert {("cat1", "cat2", 0, "concat"), ("cat2", "cat3", 0, "concat")} <= got
+    assert {("f0", "cat1", 0, "concat"), ("f3", "cat3", 3 * 128, "concat")} <= got
+    offsets = {v.name: pl.offset for v, pl in p.placements.items()}
+    assert offsets["f2"] == offsets["cat3"] + 2 * 128
+    assert check_plan(model, p) == []
+
+
+def test_a_concat_input_read_after_the_concat_keeps_the_concat_from_being_overwritten():
+    b = GraphBuilder(17)
+    x = b.input((1, 2), name="x")
+    a = b.op("Relu", [x], name="a")
+    cat = b.op("Concat", [a, b.op("Neg", [x], name="n")], name="cat", axis=1)
+    s = b.op("Sigmoid", [cat], name="s")  # cat dies here, but a (inside cat) is read below
+    b.mark_output(b.op("Concat", [s, b.op("Exp", [a], name="e")], name="y", axis=1))
+    model = build(b)
+    p = plan(model)
+    assert ("a", "cat", 0, "concat") in aliases(p)
+    assert ("cat", "s", 0, "inplace") not in aliases(p)
+    assert check_plan(model, p) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# placement, lower bounds, ordering
+
+
+def test_alignment_and_the_figures_hold():
+    p = plan(inception(), alignment=64)
+    roots = [pl for v, pl in p.placements.items() if v not in {a.value for a in p.aliases}]
+    assert all(pl.offset % 64 == 0 for pl in roots)
+    assert p.lower_bound <= p.arena_size <= p.naive_size
+    assert set(p.strategies) == set(STRATEGIES) and p.strategies[p.strategy] == p.arena_size
+
+
+def branchy() -> ir.Model:
+    """Two branches, each a big tensor then a small one; the file runs both big ones first."""
+    b = GraphBuilder(17)
+    x = b.input((1, 2, 8, 8), name="x")
+    big1, big2 = conv1x1(b, x, 16, "big1"), conv1x1(b, x, 16, "big2")
+    small1, small2 = conv1x1(b, big1, 1, "small1"), conv1x1(b, big2, 1, "small2")
+    b.mark_output(b.op("Add", [small1, small2], name="y"))
+    return build(b)
+
+
+def test_memory_order_lowers_the_peak_of_a_branchy_graph_and_is_deterministic():
+    model = branchy()
+    p = plan(model, order="memory", inplace=False, concat=False)
+    assert [n.name for n in p.schedule] == ["big1", "small1", "big2", "small2", "y"]
+    assert p.lower_bound < p.file_order_lower_bound
+    assert memory_order(model, tensor_infos(model)) == memory_order(model, tensor_infos(model))
+
+
+def test_memory_order_never_does_worse_than_the_file():
+    model = inception()
+    p = plan(model, order="memory")
+    assert p.lower_bound <= plan(model).lower_bound
+
+
+def test_plans_are_byte_identical_across_runs_and_survive_json():
+    first = json.dumps(plan(dense_block(), order="memory").to_json())
+    model = dense_block()
+    p = plan(model, order="memory")
+    assert json.dumps(p.to_json()) == first
+    back = MemoryPlan.from_json(model, json.loads(first), tensor_infos(model, DIMS))
+    assert back.placements == p.placements and back.aliases == p.aliases and back.schedule == p.schedule
+    assert check_plan(model, back) == []
+
+
+def test_bad_options_and_foreign_json_are_clear_errors():
+    with pytest.raises(PlanError, match="unknown strategy 'best'"):
+        plan(inception(), strategy="best")
+    with pytest.raises(PlanError, match="unknown order"):
+        plan(inception(), order="random")
+    with pytest.raises(PlanError, match="not an optgraph memory plan"):
+        MemoryPlan.from_json(inception(), {"format": "x"}, {})
+    data = plan(inception()).to_json()
+    data["tensors"][0]["name"] = "nope"
+    with pytest.raises(PlanError, match="does not match the model"):
+        MemoryPlan.from_json(inception(), data, tensor_infos(inception()))
+
+
+def test_the_pass_reports_a_summary_and_can_attach_the_plan():
+    model = inception()
+    report = run_passes(model, "plan-memory{order=memory,attach=true}")
+    summary = report.results["plan-memory"]
+    assert summary["arena_bytes"] >= summary["lower_bound_bytes"] > 0
+    attached = json.loads(model.metadata_props[mp.METADATA_KEY])
+    assert attached["arena_bytes"] == summary["arena_bytes"] and attached["tensors"]
+    with pytest.raises(PipelineError, match="strategy"):
+        run_passes(inception(), "plan-memory{strategy=nope}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the checker, and broken planners it must catch
+
+
+def test_the_checker_reports_overlaps_wrong_lifetimes_and_bad_aliases():
+    model = inception()
+    good = plan(model)
+    v = {x.name: x for x in good.placements}
+    placements = dict(good.placements)
+    placements[v["rb"]] = mp.Placement(v["rb"], placements[v["ra"]].offset, *(
+        (lambda p: (p.nbytes, p.start, p.end))(placements[v["rb"]])))
+    bad = MemoryPlan(**{**good.__dict__, "placements": placements})
+    assert any("overlap" in p or "alias" in p for p in check_plan(model, bad))
+    early = dict(good.placements)
+    early[v["ra"]] = mp.Placement(v["ra"], early[v["ra"]].offset, early[v["ra"]].nbytes, early[v["ra"]].start, 0)
+    assert any("live at steps" in p for p in check_plan(model, MemoryPlan(**{**good.__dict__, "placements": early})))
+    wrong = [*good.aliases, mp.Alias(v["a"], v["b"], 0, "inplace")]
+    assert any("aliased twice" in p or "elementwise" in p
+               for p in check_plan(model, MemoryPlan(**{**good.__dict__, "aliases": wrong})))
+
+
+def reused_input() -> ir.Model:
+    """x -> Sigmoid a; Neg(a) r; Add(a, r): a outlives the Neg."""
+    b = GraphBuilder(17)
+    x = b.input((1, 8), name="x")
+    a = b.op("Sigmoid", [x], name="a")
+    r = b.op("Neg", [a], name="r")
+    b.mark_output(b.op("Add", [a, r], name="y"))
+    return build(b)
+
+
+def test_an_in_place_rule_that_ignores_lifetimes_is_caught(monkeypatch):
+    def careless(live, infos, parent):  # a deliberately broken rule: same size is enough
+        for node in live.schedule:
+            y = node.outputs[0]
+            if node.op_type in mp.ELEMENTWISE and y in live.tensors:
+                for x in node.inputs:
+                    if x in live.tensors and x not in parent and infos[x].nbytes == infos[y].nbytes:
+                        parent[x] = mp.Alias(x, y, 0, "inplace")
+                        break
+
+    monkeypatch.setattr(mp, "inplace_aliases", careless)
+    model = reused_input()
+    p = plan(model)
+    assert check_plan(model, p)
+    assert not check_by_execution(model, p)
+
+
+def test_a_placement_that_ignores_lifetimes_is_caught(monkeypatch):
+    monkeypatch.setattr(mp, "_best_fit", lambda forbidden, alignment: 0)
+    model = inception()
+    p = plan(model, inplace=False, concat=False)
+    assert any("overlap" in problem for problem in check_plan(model, p))
+    assert not check_by_execution(model, p)
+
+
+def test_a_concat_rule_that_ignores_the_layout_is_caught(monkeypatch):
+    monkeypatch.setattr(mp, "contiguous_concat", lambda node, infos: mp._is_onnx(node, "Concat"))
+    model = inception(batch=2)
+    p = plan(model)
+    assert [a for a in p.aliases if a.kind == "concat"]
+    with pytest.raises(ExecutionError, match="not contiguous"):
+        check_by_execution(model, p)
+
+
+# ------------------------------------------------------------------------------------------------
+# properties on generated models
+
+
+def dense(draw, b: GraphBuilder, v: str) -> str:
+    """A dense block: each layer concatenates everything before it on channels."""
+    b.require(b.rank(v) == 4)
+    feats, cat = [v], v
+    for _ in range(draw(st.integers(1, 3))):
+        feats.append(conv(draw, b, activation(draw, b, cat), kernel=1, stride=1, pads=[0] * 4, group=1,
+                          out_channels=draw(st.integers(1, 3))))
+        cat = b.op("Concat", feats, axis=1)
+    return cat
+
+
+def shared_concat_input(draw, b: GraphBuilder, v: str) -> str:
+    """One value in two concats, and read again after them."""
+    b.require(b.rank(v) >= 2)
+    a, c = activation(draw, b, v), activation(draw, b, v)
+    axis = draw(st.integers(0, b.rank(v) - 1))
+    first = b.op("Concat", [a, c] if draw(st.booleans()) else [c, a], axis=axis)
+    second = b.op("Concat", [a, v], axis=axis)
+    return b.op("Add", [b.op("Add", [first, second]), b.op("Concat", [a, a], axis=axis)])
+
+
+MEMORY_MOTIFS = {**MOTIFS, "dense": dense, "shared_concat_input": shared_concat_input}
+
+
+@given(models(motifs=MEMORY_MOTIFS, max_nodes=20), st.sampled_from(STRATEGIES), st.sampled_from(ORDERS))
+def test_generated_plans_are_sound_and_execute_like_onnxruntime(proto, strategy, order):
+    model = ir.from_proto(proto)
+    infos = tensor_infos(model, DIMS)
+    p = plan_memory(model, infos, strategy=strategy, order=order, dims=DIMS)
+    assert check_plan(model, p) == []
+    assert p.file_order_lower_bound >= p.lower_bound or order == "file" and not p.aliases
+    for name, size in p.strategies.items():
+        assert size >= p.lower_bound, name
+    bare = plan_memory(model, infos, strategy=strategy, inplace=False, concat=False, dims=DIMS)
+    assert bare.lower_bound == p.file_order_lower_bound
+    result = check_by_execution(model, p, n_inputs=1)
+    assert result, result.message
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_optgraph_plan_prints_the_figures_and_writes_json_and_a_plot(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    ir.save(dense_block(), path)
+    out_json, out_png = tmp_path / "plan.json", tmp_path / "plan.png"
+    assert main(["plan", str(path), "--json", str(out_json), "--plot", str(out_png), "--order", "memory",
+                 "--check", "--inputs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "greedy-size" in text and "lower bound, file order" in text and "checked:" in text
+    data = json.loads(out_json.read_text())
+    assert data["format"] == "optgraph-memory-plan" and data["aliases"] and data["schedule"]
+    assert out_png.stat().st_size > 0
+
+
+def test_optgraph_plan_names_a_missing_dim(tmp_path, capsys):
+    b = GraphBuilder(17)
+    b.mark_output(b.op("Relu", [b.input(("batch", 4), name="x")]))
+    path = tmp_path / "m.onnx"
+    ir.save(build(b), path)
+    assert main(["plan", str(path)]) == 2
+    assert "--dim batch=SIZE" in capsys.readouterr().err
+    assert main(["plan", str(path), "--dim", "batch=8"]) == 0
