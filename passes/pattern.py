@@ -179,6 +179,14 @@ def describe(node: ir.Node) -> str:
     return f"{node.op_type} '{node.name}'" if node.name else node.op_type
 
 
+_At = tuple[ir.Node, int] | None  # where the matcher stands: (consumer, input index), None at the root
+
+
+def _where(at: _At) -> str:
+    """Failure messages are only formatted when a match fails (matching is the hot loop)."""
+    return "root" if at is None else f"{describe(at[0])} input {at[1]}"
+
+
 class _Matcher:
     """Matches one pattern tree at one root; the bindings are undone on backtracking."""
 
@@ -188,35 +196,35 @@ class _Matcher:
         self.nodes: list[ir.Node] = []
         self.kept: list[ir.Node] = []
 
-    def _bind(self, name: str, obj: ir.Value | ir.Node | None, where: str) -> str | None:
+    def _bind(self, name: str, obj: ir.Value | ir.Node | None, at: _At) -> str | None:
         if name in self.captures and self.captures[name] is not obj:
-            return f"{where}: '{name}' is bound to a different value"
+            return f"{_where(at)}: '{name}' is bound to a different value"
         self.captures[name] = obj
         return None
 
-    def node(self, p: OpPattern, node: ir.Node, where: str) -> str | None:
+    def node(self, p: OpPattern, node: ir.Node, at: _At) -> str | None:
         domains = (p.domain,) if p.domain else _ONNX_DOMAINS
         if node.op_type not in p.op_types or node.domain not in domains:
-            return f"{where}: {describe(node)} is not {'/'.join(p.op_types)}"
+            return f"{_where(at)}: {describe(node)} is not {'/'.join(p.op_types)}"
         for key, want in p.attrs.items():
             got = node.attr(key) if callable(want) else node.attr(key, want)
             if not (want(got) if callable(want) else _same_attr(got, want)):
-                return f"{where}: {describe(node)} has {key}={got!r}" + ("" if callable(want) else f", not {want!r}")
+                return f"{_where(at)}: {describe(node)} has {key}={got!r}" + ("" if callable(want) else f", not {want!r}")
         if p.where is not None and not p.where(node):
-            return f"{where}: {describe(node)} fails the pattern's condition"
+            return f"{_where(at)}: {describe(node)} fails the pattern's condition"
         if len(node.inputs) > len(p.inputs):
-            return f"{where}: {describe(node)} has {len(node.inputs)} inputs, the pattern {len(p.inputs)}"
-        if p.name and (err := self._bind(p.name, node, where)):
+            return f"{_where(at)}: {describe(node)} has {len(node.inputs)} inputs, the pattern {len(p.inputs)}"
+        if p.name and (err := self._bind(p.name, node, at)):
             return err
         swap = p.commutative if p.commutative is not None else node.op_type in COMMUTATIVE
         orders = [p.inputs] + ([p.inputs[::-1]] if swap and len(p.inputs) == 2 else [])
         first_error = None
+        inputs = node.inputs
         for operands in orders:
             saved = (dict(self.captures), len(self.nodes), len(self.kept))
             error = None
             for i, operand in enumerate(operands):
-                value = node.inputs[i] if i < len(node.inputs) else None
-                error = self.operand(operand, value, f"{describe(node)} input {i}")
+                error = self.operand(operand, inputs[i] if i < len(inputs) else None, (node, i))
                 if error:
                     break
             if error is None:
@@ -228,23 +236,23 @@ class _Matcher:
             first_error = first_error or error
         return first_error
 
-    def operand(self, p: Var | OpPattern, value: ir.Value | None, where: str) -> str | None:
+    def operand(self, p: Var | OpPattern, value: ir.Value | None, at: _At) -> str | None:
         if isinstance(p, Var):
             if value is None:
-                return self._bind(p.name, None, where) if p.optional else f"{where}: is omitted"
+                return self._bind(p.name, None, at) if p.optional else f"{_where(at)}: is omitted"
             if p.const and ir.constant_tensor(value) is None:
-                return f"{where}: '{value.name}' is not a constant"
+                return f"{_where(at)}: '{value.name}' is not a constant"
             if p.where is not None and not p.where(value):
-                return f"{where}: '{value.name}' fails the condition on '{p.name}'"
-            return self._bind(p.name, value, where)
+                return f"{_where(at)}: '{value.name}' fails the condition on '{p.name}'"
+            return self._bind(p.name, value, at)
         if value is None:
-            return f"{where}: is omitted"
+            return f"{_where(at)}: is omitted"
         producer = value.producer
         if producer is None or producer.graph is not self.graph:
-            return f"{where}: '{value.name}' is not computed by a node of this graph"
+            return f"{_where(at)}: '{value.name}' is not computed by a node of this graph"
         if value.index != 0:
-            return f"{where}: '{value.name}' is output {value.index} of {describe(producer)}"
-        return self.node(p, producer, where)
+            return f"{_where(at)}: '{value.name}' is output {value.index} of {describe(producer)}"
+        return self.node(p, producer, at)
 
 
 def _same_attr(got: Any, want: Any) -> bool:
@@ -256,7 +264,7 @@ def _same_attr(got: Any, want: Any) -> bool:
 def match_pattern(pattern: OpPattern, root: ir.Node) -> Match | MatchResult:
     """Match ``pattern`` with its root at ``root``; a failure says which constraint failed where."""
     m = _Matcher(root)
-    error = m.node(pattern, root, "root")
+    error = m.node(pattern, root, None)
     if error:
         return MatchResult.fail(error)
     return Match(root, m.nodes, m.captures, kept=m.kept)
@@ -321,6 +329,8 @@ class Rewriter:
     def like(self, node: ir.Node, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None, *,
              before: ir.Node | None = None) -> ir.Value:
         """A copy of ``node`` (op, domain, attributes, name, doc) reading ``inputs``; ``attrs`` override."""
+        if node.subgraphs():
+            raise ValueError(f"cannot copy {describe(node)}: it holds subgraphs")
         new = self.graph.make_node(node.op_type, inputs, outputs=len(node.outputs), domain=node.domain,
                                    before=before or self.anchor)
         for a in node.attrs.values():
