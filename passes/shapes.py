@@ -151,9 +151,9 @@ def _parse(tp: onnx.TypeProto, symbols: set[str]) -> tuple[int, Shape | None] | 
     tt = tp.tensor_type
     if not tt.HasField("shape"):
         return tt.elem_type, None
-    return tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else
+    return tt.elem_type, tuple((d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value") else
                                (d.dim_param if d.HasField("dim_param") and d.dim_param in symbols else None)
-                               for d in tt.shape.dim)
+                               for d in tt.shape.dim)  # onnx writes -1 for sizes it finds invalid
 
 
 def _merge(v: ir.Value, dtype: int, shape: Shape | None) -> bool:
