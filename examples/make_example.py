@@ -28,7 +28,8 @@ def make() -> bytes:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_PATH, help=f"where to write (default {DEFAULT_PATH})")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_PATH,
+                        help=f"where to write (default {DEFAULT_PATH})")
     args = parser.parse_args(argv)
     args.output.write_bytes(make())
     print(f"wrote {args.output}")

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 from optgraph import ir
 from optgraph.passes import Pass, PassContext, PassResult, counter, register, registry

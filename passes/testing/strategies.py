@@ -299,7 +299,10 @@ def conv(draw: DrawFn, b: GraphBuilder, v: str, *, kernel: int | None = None, st
     if pads is None:
         half = d * (k // 2)
         style = draw(st.sampled_from(("same", "zero", "asymmetric")))
-        pads = {"same": [half] * 4, "zero": [0] * 4}.get(style) or [draw(st.integers(0, max(half, 1))) for _ in range(4)]
+        if style == "asymmetric":
+            pads = [draw(st.integers(0, max(half, 1))) for _ in range(4)]
+        else:
+            pads = [half if style == "same" else 0] * 4
     _window_out(h, k, s, pads[0], pads[2], d)
     _window_out(w, k, s, pads[1], pads[3], d)
     if weight is None:
