@@ -324,8 +324,8 @@ def _entry(name: str, exporter: str, path: Path, seconds: float) -> Entry:
 
 
 def synthetic(n_nodes: int) -> onnx.ModelProto:
-    """The project's conv-bn-relu + 1x1 branches + concat generator (optgraph.passes.testing.models)."""
-    from optgraph.passes.testing.models import synthetic as make
+    """The project's conv-bn-relu + 1x1 branches + concat generator (optgraph.passes.testing.networks)."""
+    from optgraph.passes.testing.networks import synthetic as make
 
     return make(n_nodes)
 

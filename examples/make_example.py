@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optgraph.passes.testing.models import inception_like
+from optgraph.passes.testing.networks import inception_like
 
 DEFAULT_PATH = Path(__file__).with_name("inception_mini.onnx")
 

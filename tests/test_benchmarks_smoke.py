@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from optgraph.passes.testing.models import synthetic
+from optgraph.passes.testing.networks import synthetic
 
 COMPARE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
 

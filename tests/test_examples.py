@@ -13,7 +13,7 @@ import pytest
 
 from optgraph import ir
 from optgraph.passes.testing import compare
-from optgraph.passes.testing.models import inception_like, synthetic
+from optgraph.passes.testing.networks import inception_like, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "inception_mini.onnx"

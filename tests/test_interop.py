@@ -10,7 +10,7 @@ import pytest
 
 from optgraph import ir
 from optgraph.ir.order import outer_inputs
-from optgraph.passes.testing.models import inception_like
+from optgraph.passes.testing.networks import inception_like
 from optgraph.runtime.oracle import assert_equivalent
 
 gs = pytest.importorskip("onnx_graphsurgeon")
