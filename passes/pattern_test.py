@@ -11,6 +11,7 @@ from optgraph.passes import PassContext, PipelineError, parse_pipeline, registry
 from optgraph.passes.pattern import (Match, MatchResult, RewritePass, Rewriter, Rule, Var, apply_rules,
                                      match_pattern, op)
 from optgraph.passes.testing import assert_equivalent
+from optgraph.passes.testing.golden import assert_rewrites_to
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -269,3 +270,50 @@ def test_like_keeps_name_attributes_and_doc() -> None:
     new = out.producer
     assert new is not None and new.name == node.name and new.attr("alpha") == pytest.approx(0.3)
     assert new.doc_string == "why" and rw.created == [new]
+
+
+class MergeScales(Rule):
+    """(x * a) * b with constants a, b -> x * (a * b): the example of docs/pass-authors.md."""
+
+    name = "merge-scales"
+    labels = ("arith",)
+    pattern = op.Mul(op.Mul(Var("x"), Var("a", const=True), name="inner"), Var("b", const=True))
+
+    def check(self, m: Match) -> MatchResult:
+        a, b = m.array("a"), m.array("b")
+        if a.dtype != b.dtype:
+            return MatchResult.fail(f"constants of different types ({a.dtype}, {b.dtype})")
+        if np.broadcast_shapes(a.shape, b.shape) not in (a.shape, b.shape):
+            return MatchResult.fail("the merged constant would be larger than both")
+        return MatchResult.OK
+
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        scale = rw.const(m.array("a") * m.array("b"), "scale")
+        return rw.like(m.root, [m.value("x"), scale])
+
+
+class MergeScalesPass(RewritePass):
+    name = "merge-scales"
+    description = "Merge chained multiplications by constants"
+    rules = (MergeScales(),)
+
+
+def test_the_pass_author_guide_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+    registry.register(MergeScalesPass)
+    assert_rewrites_to("merge-scales", '''
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) <float[2] a = {2.0, 3.0}, float b = {2.0}> {
+          t = Mul(x, a)
+          y = Mul(t, b)
+        }''', '''
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) <float[2] s = {4.0, 6.0}> { y = Mul(x, s) }''')
+    refused = '''
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,1] x) => (float[2,2] y) <float[2,1] a = {2.0, 3.0}, float[1,2] b = {2.0, 1.0}> {
+          t = Mul(x, a)
+          y = Mul(t, b)
+        }'''
+    report = assert_rewrites_to("merge-scales{trace=true}", refused, refused)
+    assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["trace"]["merge-scales"]
