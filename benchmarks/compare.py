@@ -324,29 +324,31 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], out: P
 
     real = [m for m in results if not m.startswith("synthetic-")]
     if real:
+        # Absolute counts on a log axis: the original is a bar of its own, and a model the
+        # original of which TensorRT rejects still gets its bars.
+        bars = [ORIGINAL, *tools]
         fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(real) + 3), 8), sharex=True)
-        width = 0.8 / len(tools)
-        for ax, key, title in ((axes[0], "nodes", "nodes after, relative to the original"),
-                               (axes[1], "trt_layers", "TensorRT layers after, relative to the original")):
-            for i, tool in enumerate(tools):
+        width = 0.8 / len(bars)
+        for ax, key, title in ((axes[0], "nodes", "ONNX nodes after each tool"),
+                               (axes[1], "trt_layers", "TensorRT layers after each tool (x: TensorRT rejects)")):
+            for i, tool in enumerate(bars):
                 xs, ys, rejected = [], [], []
                 for j, m in enumerate(real):
-                    base, r = results[m][ORIGINAL].get(key), results[m].get(tool, {})
-                    if "error" in r or not base:
+                    r = results[m].get(tool, {})
+                    if "error" in r or key not in r:
                         continue
-                    if r.get(key) is None:
-                        rejected.append(j + i * width)
-                        continue
-                    xs.append(j + i * width)
-                    ys.append(r[key] / base)
-                ax.bar(xs, ys, width, label=tool)
+                    (rejected if r[key] is None else xs).append(j + i * width)
+                    if r[key] is not None:
+                        ys.append(r[key])
+                bar = ax.bar(xs, ys, width, label=tool, color="0.6" if tool == ORIGINAL else None)
                 if rejected:
-                    ax.plot(rejected, [0.05] * len(rejected), "rx")
-            ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-            ax.set_title(title + (" (x: TensorRT rejects)" if key == "trt_layers" else ""))
-            ax.set_ylim(0, None)
+                    ax.plot(rejected, [0.03] * len(rejected), "x", color=bar.patches[0].get_facecolor()
+                            if bar.patches else "red", ms=9, mew=2, transform=ax.get_xaxis_transform())
+            ax.set_yscale("log")
+            ax.set_title(title)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
         axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(real))], real, rotation=35, ha="right")
-        axes[0].legend(ncol=len(tools), fontsize=8)
+        axes[0].legend(ncol=len(bars), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "compare.png", dpi=110)
         plt.close(fig)
