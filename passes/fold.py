@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from optgraph import ir
 from optgraph.ir import opset as ops
@@ -75,6 +76,7 @@ class FoldConstants(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        folded = 0
         self._budget = self.options.size_limit
         self._ctx = ctx
         self._shapes_ready = False
@@ -95,13 +97,13 @@ class FoldConstants(Pass):
                         self._evaluate(graph, node, opsets, opset, stats)
                 if done:
                     stats[f"{node.op_type}_folded"] += 1
-        stats = +stats
-        return PassResult(bool(stats), stats)
+                    folded += 1
+        return PassResult(folded > 0, +stats)
 
     # --- shapes ---------------------------------------------------------------------------------
 
     def _shape(self, v: ir.Value) -> tuple[int | str | None, ...] | None:
-        if (v.shape is None or not v.dtype) and not self._shapes_ready:
+        if (v.shape is None or None in v.shape or not v.dtype) and not self._shapes_ready:
             self._ctx.get(ShapeInference)
             self._shapes_ready = True
         return v.shape
@@ -217,7 +219,7 @@ class FoldConstants(Pass):
         try:
             results = _reference(node, opsets, feeds)
         except Exception:  # the evaluator does not support this case: leave the node
-            stats["skipped_not_evaluable"] += 1
+            stats[f"skipped_not_evaluable_{node.op_type}"] += 1
             return False
         arrays = []
         for r in results:
@@ -225,6 +227,20 @@ class FoldConstants(Pass):
                 return False
             arrays.append(np.asarray(r))
         return self._replace(graph, node, arrays, stats)
+
+
+class GatherElements(OpRun):
+    """onnx 1.23's reference GatherElements uses np.choose, which takes at most 64 choices, and
+    its fallback reshapes wrongly: BERT's token-type buffer (512 wide) fails. Same semantics."""
+
+    op_domain = ""
+
+    def _run(self, data: np.ndarray, indices: np.ndarray, axis: int = 0) -> tuple[np.ndarray]:
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
+_OVERRIDES = [GatherElements]
 
 
 def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | None]) -> list:
@@ -241,4 +257,4 @@ def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | N
     for domain, version in opsets.items():
         model.opset_import.add(domain=domain, version=version)
     named = {name: arr for name, arr in zip(proto.input, feeds) if name}
-    return ReferenceEvaluator(model).run(None, named)
+    return ReferenceEvaluator(model, new_ops=_OVERRIDES).run(None, named)

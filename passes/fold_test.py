@@ -231,3 +231,30 @@ def test_broken_shape_slice_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     check_pass("remove-dead", model)
     with pytest.raises(AssertionError):
         check_pass("fold-constants", model)
+
+
+def test_wide_gather_elements_folds() -> None:
+    """onnx's reference GatherElements fails past 64 choices (BERT's 512-wide token-type buffer)."""
+    data = ", ".join(str(i) for i in range(512))
+    _, consts = folded(header() + f"""
+        g (int64[1, 3] x) => (int64[1, 3] y) {{
+          d = Constant <value = int64[1, 512] {{{data}}}> ()
+          i = Constant <value = int64[1, 3] {{5, -1, 300}}> ()
+          e = GatherElements <axis = 1> (d, i)
+          y = Add(x, e)
+        }}""")
+    assert [v.tolist() for v in consts.values()] == [[[5, 511, 300]]]
+
+
+def test_skipped_folds_do_not_keep_the_fixed_point_going() -> None:
+    from optgraph import ir
+    from optgraph.passes import run_passes
+
+    model = ir.from_proto(parser.parse_model(header() + """
+        g (float[1100, 1000] x) => (float[1100, 1000] y) {
+          s = Constant <value = int64[2] {1100, 1000}> ()
+          z = ConstantOfShape <value = float[1] {1.0}> (s)
+          y = Add(x, z)
+        }"""))
+    report = run_passes(model, "default")
+    assert report.converged["default"] and report.iterations["default"] <= 2

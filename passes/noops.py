@@ -67,7 +67,7 @@ class _Finder:
         """The value's shape, running shape inference the first time a check needs one."""
         if v is None:
             return None
-        if v.shape is None and not self._shapes_ready:
+        if (v.shape is None or None in v.shape) and not self._shapes_ready:
             self.ctx.get(ShapeInference)
             self._shapes_ready = True
         return v.shape

@@ -6,6 +6,9 @@ transformers EfficientNet pooler uses k = hidden size, 1280): the output is 1x1 
 is clipped to the map, so with ``count_include_pad=0`` it averages exactly the whole map. TensorRT
 refuses such a window size ("Kernel dimensions must be less than..."), so the model cannot be
 built at all; GlobalAveragePool / GlobalMaxPool / GlobalLpPool compute the same and parse.
+PyTorch exports these pools with count_include_pad=1, which changes nothing here: without
+padding, the part of a window past the input's edge is not padding, and both PyTorch and
+onnxruntime divide by the clipped window (the mean of the whole map).
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ def pools_whole_input(node: ir.Node, shape: Shape | None) -> bool:
     """True when every output position of this pool sees the whole spatial extent of its input.
 
     Needs static spatial dims, no padding, unit dilations, and each spatial output size 1; a
-    window larger than the input (clipped by ceil_mode) is accepted only where the op divides by
-    the clipped window, i.e. AveragePool without count_include_pad, and MaxPool.
+    window larger than the input (clipped by ceil_mode) is accepted for AveragePool and MaxPool.
     """
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
         return False
@@ -43,7 +45,7 @@ def pools_whole_input(node: ir.Node, shape: Shape | None) -> bool:
     for d, k, s in zip(spatial, kernel, strides):
         if k < d:
             return False
-        if k > d and (node.op_type == "LpPool" or (node.op_type == "AveragePool" and node.attr("count_include_pad", 0))):
+        if k > d and node.op_type == "LpPool":
             return False
         out = (math.ceil if ceil else math.floor)((d - k) / s) + 1
         if out != 1:
@@ -67,7 +69,7 @@ class TensorRTReady(Pass):
                         or node.inputs[0] is None:
                     continue
                 x, y = node.inputs[0], node.output
-                if x.shape is None and not shapes_ready:
+                if (x.shape is None or None in x.shape) and not shapes_ready:
                     ctx.get(ShapeInference)
                     shapes_ready = True
                 if not pools_whole_input(node, x.shape):

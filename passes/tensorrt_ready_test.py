@@ -31,6 +31,9 @@ def rewritten_ops(text: str) -> list[str]:
     ("AveragePool", "kernel_shape = [1280, 1280], strides = [1280, 1280], ceil_mode = 1", "GlobalAveragePool"),
     ("AveragePool", "kernel_shape = [7, 7]", "GlobalAveragePool"),
     ("AveragePool", "kernel_shape = [7, 7], count_include_pad = 1", "GlobalAveragePool"),
+    # as PyTorch exports it: count_include_pad = 1 (no padding, so nothing to include)
+    ("AveragePool", "kernel_shape = [1280, 1280], strides = [1280, 1280], ceil_mode = 1, count_include_pad = 1",
+     "GlobalAveragePool"),
     ("MaxPool", "kernel_shape = [7, 7], strides = [2, 2]", "GlobalMaxPool"),
     ("MaxPool", "kernel_shape = [9, 8], strides = [9, 9], ceil_mode = 1", "GlobalMaxPool"),
     ("LpPool", "kernel_shape = [7, 7], p = 3", "GlobalLpPool"),
@@ -42,7 +45,7 @@ def test_whole_input_pool_becomes_global(op: str, attrs: str, expected: str) -> 
 @pytest.mark.parametrize(("op", "attrs", "shape", "out"), [
     ("AveragePool", "kernel_shape = [3, 3]", "1, 4, 7, 7", "1, 4, 5, 5"),
     ("AveragePool", "kernel_shape = [7, 7], pads = [1, 1, 1, 1]", "1, 4, 7, 7", "1, 4, 3, 3"),
-    ("AveragePool", "kernel_shape = [9, 9], ceil_mode = 1, count_include_pad = 1", "1, 4, 7, 7", "1, 4, 1, 1"),
+    ("LpPool", "kernel_shape = [9, 9], strides = [9, 9], ceil_mode = 1", "1, 4, 7, 7", "1, 4, 1, 1"),
     ("AveragePool", "kernel_shape = [7, 7]", "1, 4, H, W", "1, 4, 1, 1"),
     ("AveragePool", "kernel_shape = [7, 7], strides = [1, 1]", "1, 4, 7, 8", "1, 4, 1, 2"),
     ("MaxPool", "kernel_shape = [7, 7], dilations = [2, 2]", "1, 4, 13, 13", "1, 4, 1, 1"),
@@ -66,6 +69,8 @@ def whole_pool(draw, b, v):  # type: ignore[no-untyped-def]
     oversize = draw(st.integers(0, 40))
     kernel = [h + oversize, w + oversize]
     attrs = {"kernel_shape": kernel, "strides": [max(kernel)] * 2, "ceil_mode": int(oversize > 0)}
+    if op == "AveragePool":
+        attrs["count_include_pad"] = draw(st.integers(0, 1))
     return b.op(op, [v], **attrs)
 
 
