@@ -13,9 +13,11 @@ from optgraph.ir.order import outer_inputs
 from optgraph.passes.testing.networks import inception_like
 from optgraph.runtime.oracle import assert_equivalent
 
+from ir_samples import BRANCHES, FUNCTIONS, load_text
+
 gs = pytest.importorskip("onnx_graphsurgeon")
 
-CHAIN = """
+WEIGHTED = """
 <ir_version: 8, opset_import: ["" : 17]>
 chain (float[N, 4] X) => (float[N, 4] Y) <float[4] W = {1.0, 2.0, 3.0, 4.0}> {
   A = Relu(X)
@@ -25,19 +27,6 @@ chain (float[N, 4] X) => (float[N, 4] Y) <float[4] W = {1.0, 2.0, 3.0, 4.0}> {
 }
 """
 
-BRANCHES = """
-<ir_version: 8, opset_import: ["" : 17]>
-branches (bool c, float[N, 2] X) => (float[N, 2] Y) {
-  A = Neg(X)
-  B = Relu(X)
-  Y = If(c) <then_branch = then_g () => (float[N, 2] t) { t = Add(B, A) },
-             else_branch = else_g () => (float[N, 2] e) { e = Identity(A) }>
-}
-"""
-
-
-def load_text(text: str) -> ir.Model:
-    return ir.from_bytes(onnx.parser.parse_model(text).SerializeToString())
 
 
 def assert_valid_order(graph: ir.Graph, order: list[ir.Node]) -> None:
@@ -64,16 +53,7 @@ def test_graphsurgeon_round_trip_keeps_results_and_model_fields() -> None:
 
 
 def test_graphsurgeon_round_trip_keeps_subgraphs_and_functions() -> None:
-    for text in [BRANCHES, """
-        <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
-        calls (float[N, 3] X) => (float[N, 3] Y) {
-          A = local.leaky <alpha: float = 0.25> (X)
-          Y = local.leaky <alpha: float = 0.5> (A)
-        }
-        <domain: "local", opset_import: ["" : 17]>
-        leaky <alpha> (x) => (y) {
-          y = LeakyRelu <alpha: float = @alpha> (x)
-        }"""]:
+    for text in [BRANCHES, FUNCTIONS]:
         proto = onnx.parser.parse_model(text)
         back = ir.from_graphsurgeon(ir.to_graphsurgeon(ir.from_proto(proto)))
         assert back.opset_imports == {o.domain: o.version for o in proto.opset_import}
@@ -84,7 +64,7 @@ def test_graphsurgeon_round_trip_keeps_subgraphs_and_functions() -> None:
 
 def test_an_edit_made_in_graphsurgeon_comes_back() -> None:
     """Bypass the Relu in graphsurgeon, then check the IR model computes the edited function."""
-    proto = onnx.parser.parse_model(CHAIN)
+    proto = onnx.parser.parse_model(WEIGHTED)
     graph = ir.to_graphsurgeon(ir.from_proto(proto))
     relu = next(n for n in graph.nodes if n.op == "Relu")
     add = next(n for n in graph.nodes if n.op == "Add")
@@ -92,7 +72,7 @@ def test_an_edit_made_in_graphsurgeon_comes_back() -> None:
     graph.cleanup().toposort()
     back = ir.from_graphsurgeon(graph)
     assert [n.op_type for n in back.graph] == ["Add", "Mul", "Sub"]
-    expected = onnx.parser.parse_model(CHAIN.replace("A = Relu(X)", "A = Identity(X)"))
+    expected = onnx.parser.parse_model(WEIGHTED.replace("A = Relu(X)", "A = Identity(X)"))
     assert_equivalent(expected, back)
     with pytest.raises(AssertionError, match="differs"):  # and the edit is visible to the oracle
         assert_equivalent(proto, back)
@@ -114,7 +94,7 @@ def test_a_graph_built_in_graphsurgeon_gets_a_runnable_ir_version() -> None:
 # --- networkx -----------------------------------------------------------------------------------
 
 def test_networkx_view_has_one_edge_per_value_read() -> None:
-    model = load_text(CHAIN)
+    model = load_text(WEIGHTED)
     relu, add, mul, sub = list(model.graph)
     view = ir.to_networkx(model.graph)
     assert list(view.nodes) == [relu, add, mul, sub]
@@ -142,7 +122,7 @@ def test_networkx_view_records_subgraph_reads_as_implicit_edges() -> None:
     assert ir.to_networkx(then_g).number_of_edges() == 0  # A and B are not nodes of the branch
 
 
-@pytest.mark.parametrize("text", [CHAIN, BRANCHES])
+@pytest.mark.parametrize("text", [WEIGHTED, BRANCHES])
 def test_topological_sort_of_the_view_is_a_valid_order(text: str) -> None:
     model = load_text(text)
     order = list(nx.topological_sort(ir.to_networkx(model.graph)))
