@@ -75,11 +75,12 @@ def test_iterating_while_removing_the_current_and_the_next_node() -> None:
           Y = Relu(X)
         }}""")
     g = model.graph
+    nodes = {n.output.name: n for n in g}
     visited = []
     for node in g:
         visited.append(node.output.name)
         if node.output.name in ("d1", "d4"):
-            g.remove(node._next)  # the next node goes first, then the current one
+            g.remove(nodes[f"d{int(node.output.name[1]) + 1}"])  # the next node goes first
             g.remove(node)
     assert visited == ["d0", "d1", "d3", "d4", "Y"]
     assert [n.output.name for n in g] == ["d0", "d3", "Y"] and len(g) == 3
