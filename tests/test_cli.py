@@ -62,8 +62,8 @@ def test_run_round_trip_and_report(tmp_path: Path, capsys: pytest.CaptureFixture
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["nodes_before"] == 4 and report["nodes_after"] == 3
-    assert report["passes"][0]["name"] == "remove-dead" and report["passes"][0]["stats"] == {"nodes_removed": 1}
-    assert report["passes"][0]["seconds"] >= 0
+    (dead,) = [p for p in report["passes"] if p["name"] == "remove-dead"]
+    assert dead["stats"] == {"nodes_removed": 1} and dead["seconds"] >= 0
 
 
 def test_same_input_gives_identical_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,7 +114,7 @@ def test_unknown_domain_passes_through(tmp_path: Path, capsys: pytest.CaptureFix
       a = acme.ops.Frobnicate <mode = "fast", k = 3> (x)
       unused = acme.ops.Probe(a)
       y = Relu(a)
-      z = Identity(a)
+      z = Neg(a)
     }
     """
     model = write(tmp_path / "m.onnx", text)
