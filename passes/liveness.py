@@ -114,7 +114,8 @@ def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict
             dtype, shape = types.get(v.name, (0, None))
             info = _info(v.dtype or dtype, shape if _concrete(v.shape, dims) is None else v.shape, dims)
             if info is None:
-                raise UnknownSizeError(_unknown_size_message(v, dtype, shape, dims))
+                settable = {d for u in graph.inputs for d in (u.shape or ()) if isinstance(d, str)}
+                raise UnknownSizeError(_unknown_size_message(v, dtype, shape, dims, settable))
             infos[v] = info
     return infos
 
@@ -127,17 +128,20 @@ def _info(dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> T
     return TensorInfo(dtype, concrete, math.prod(concrete) * itemsize)
 
 
-def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> str:
+def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int],
+                          settable: set[str]) -> str:
+    """Why ``v`` has no size; ``settable`` are the graph inputs' symbolic dims (the ones --dim can set)."""
     dtype = v.dtype or dtype
     shape = v.shape if v.shape is not None else shape
     where = f"output of {v.producer.op_type} node '{v.producer.name}'" if v.producer else "graph input"
+    missing = sorted({d for d in shape or () if isinstance(d, str) and d not in dims})
     if shape is None:
         why = "its rank is unknown, even after shape inference"
-    elif any(isinstance(d, str) and d not in dims for d in shape):
-        names = sorted({d for d in shape if isinstance(d, str) and d not in dims})
-        why = "give " + ", ".join(f"--dim {n}=SIZE" for n in names)
-    elif any(d is None for d in shape):
-        why = "a dimension is unknown, even after shape inference"
+    elif missing and set(missing) <= settable:
+        why = "give " + ", ".join(f"--dim {n}=SIZE" for n in missing)
+    elif missing or any(d is None for d in shape):
+        why = ("a dimension depends on values shape inference cannot follow, even with the input sizes known "
+               "(folding constants first, --passes fold-constants, often makes it static)")
     elif not dtype:
         why = "its element type is unknown"
     else:

@@ -147,3 +147,14 @@ def test_live_profile_sums_the_spans_live_at_each_step(case):
     spans = [(size, min(a, b), max(a, b)) for size, a, b in raw]
     expected = [sum(size for size, start, end in spans if start <= s <= end) for s in range(n)]
     assert list(live_profile(n, spans)) == expected
+
+
+def test_a_size_that_depends_on_data_is_an_error_that_does_not_ask_for_dims():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    s = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                              "g", [x, s], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    with pytest.raises(UnknownSizeError, match="tensor 'r' .*depends on values shape inference cannot follow") as e:
+        tensor_infos(model)
+    assert "--dim" not in str(e.value).split("(folding")[0]

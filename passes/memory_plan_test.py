@@ -342,7 +342,7 @@ def test_optgraph_plan_prints_the_figures_and_writes_json_and_a_plot(tmp_path, c
     ir.save(dense_block(), path)
     out_json, out_png = tmp_path / "plan.json", tmp_path / "plan.png"
     assert main(["plan", str(path), "--json", str(out_json), "--plot", str(out_png), "--order", "memory",
-                 "--check", "--inputs", "1"]) == 0
+                 "--passes", "fuse", "--check", "--inputs", "1"]) == 0
     text = capsys.readouterr().out
     assert "greedy-size" in text and "lower bound, file order" in text and "checked:" in text
     data = json.loads(out_json.read_text())

@@ -220,15 +220,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
     from optgraph.passes.liveness import TensorInfos
     from optgraph.passes.memory_plan import check_plan, format_plan, plan_memory, plot_plan
 
+    steps = parse_pipeline(args.passes)
     for out in filter(None, (args.json, args.plot)):
         _check_output_path(args.model, out)
     model = _load(args.model)
     ctx = PassContext(dims=_dims(args.dim))
-    ctx.bind(model)
+    PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
     plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order, alignment=args.alignment,
                        inplace=not args.no_inplace, concat=not args.no_concat, dims=ctx.dims)
     print(format_plan(plan))
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--alignment", type=int, default=256, help="byte alignment of each buffer (default 256)")
     plan.add_argument("--no-inplace", action="store_true", help="no in-place aliases")
     plan.add_argument("--no-concat", action="store_true", help="no concat aliases")
+    plan.add_argument("--passes", default="none", help="run this pipeline first (e.g. fuse); default: none")
     plan.add_argument("--check", action="store_true",
                       help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")
     oracle_options(plan)

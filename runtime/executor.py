@@ -152,19 +152,21 @@ class ArenaExecutor:
         proto = ir.to_proto(model)  # its nodes are written in graph order
         index = {id(n): i for i, n in enumerate(model.graph)}
         self.kernels = [_kernel(n, proto.graph.node[index[id(n)]], proto) for n in plan.schedule]
-        self.parent = {a.value: a.into for a in plan.aliases}
+        self.parent = {a.value: (a.into, a.offset) for a in plan.aliases}
         self.constants = {v.name: v.const.numpy() for v in model.graph.initializers.values() if v.const is not None}
         self.starting: dict[int, list[Placement]] = {}
         for p in plan.placements.values():
             self.starting.setdefault(p.start, []).append(p)
 
-    def _inside(self, v: ir.Value, container: ir.Value) -> bool:
-        """Whether the plan puts ``v`` inside ``container`` (through any chain of aliases)."""
+    def _offset_in(self, v: ir.Value, container: ir.Value) -> int | None:
+        """Where the plan's aliases put ``v`` inside ``container`` (through any chain), if they do."""
+        at = 0
         while v in self.parent:
-            v = self.parent[v]
+            v, offset = self.parent[v]
+            at += offset
             if v is container:
-                return True
-        return False
+                return at
+        return None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph outputs for ``feeds``, computed in the plan's arena."""
@@ -189,10 +191,9 @@ class ArenaExecutor:
         for step, (node, kernel) in enumerate(zip(plan.schedule, self.kernels)):
             live += self.starting.get(step, [])
             out = node.outputs[0] if node.outputs else None
-            concat = node.op_type == "Concat" and node.domain in ("", "ai.onnx") and out in plan.placements
-            in_place = [concat and v is not None and self._inside(v, out) for v in node.inputs]
-            if any(in_place):
-                self._fill_concat(node, in_place, arena, read)
+            if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and out in plan.placements and any(
+                    self._offset_in(v, out) is not None for v in node.inputs if v is not None):
+                self._fill_concat(node, arena, read)
             else:
                 results = kernel.run({v.name: read(v) for v in kernel.inputs})
                 for v, result in zip(kernel.outputs, results):
@@ -210,19 +211,21 @@ class ArenaExecutor:
                 live = self._poison_dead(step, live, arena)
         return {v.name: others[v.name] for v in self.model.graph.outputs}
 
-    def _fill_concat(self, node: ir.Node, in_place: list[bool], arena: np.ndarray, read: Any) -> None:
-        """A Concat whose inputs the plan put inside its output: copy only the others."""
+    def _fill_concat(self, node: ir.Node, arena: np.ndarray, read: Any) -> None:
+        """A Concat whose inputs the plan put inside its output: copy only the inputs its aliases
+        do not place at their slice (the second of a repeated input, a graph input, ...)."""
         out = node.outputs[0]
         assert out is not None
         if not contiguous_concat(node, self.plan.infos):
             raise ExecutionError(f"the plan aliases into Concat '{node.name}', whose inputs are not contiguous slices")
-        at = self.plan.placements[out].offset
-        for v, done in zip(node.inputs, in_place):
+        base = self.plan.placements[out].offset
+        at = 0
+        for v in node.inputs:
             if v is None:
                 continue
             n = self.plan.infos[v].nbytes
-            if not done:
-                arena[at:at + n] = np.ascontiguousarray(read(v)).view(np.uint8).reshape(-1)
+            if self._offset_in(v, out) != at:
+                arena[base + at:base + at + n] = np.ascontiguousarray(read(v)).view(np.uint8).reshape(-1)
             at += n
 
     def _poison_dead(self, step: int, live: list[Placement], arena: np.ndarray) -> list[Placement]:

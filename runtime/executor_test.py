@@ -172,3 +172,14 @@ def test_an_op_without_an_implementation_is_a_clear_error():
         helper.make_opsetid("", 17), helper.make_opsetid("vendor", 1)]))
     with pytest.raises(ExecutionError, match="no reference implementation for vendor:Mystery"):
         ArenaExecutor(model, plan(model))
+
+
+def test_a_value_twice_in_one_concat_sits_in_the_first_slice_and_is_copied_into_the_second():
+    b = GraphBuilder(17)
+    x = b.input((1, 2), name="x")
+    a = b.op("Neg", [x], name="a")
+    b.mark_output(b.op("Exp", [b.op("Concat", [a, a], name="cat", axis=1)], name="y"))
+    model = build(b)
+    p = plan(model)
+    assert [(al.value.name, al.offset) for al in p.aliases if al.kind == "concat"] == [("a", 0)]
+    assert check_by_execution(model, p)
