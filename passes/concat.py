@@ -59,8 +59,21 @@ def size_along(v: ir.Value | None, axis: int) -> int | None:
     return int(shape[axis])
 
 
+def _absorbed(v: ir.Value | None, parent: ir.Node, axis: int) -> ir.Node | None:
+    """The Concat producing ``v`` when ``parent`` (a Concat on ``axis``) can take its inputs over."""
+    p = v.producer if v is not None else None
+    if (p is None or p.op_type != "Concat" or p.domain not in ("", "ai.onnx") or p.graph is not parent.graph
+            or v.is_graph_output or any(u is not parent for u, _ in v.uses) or axis_of(p) != axis):  # type: ignore[union-attr]
+        return None
+    return p
+
+
 class FlattenNested(Rule):
-    """Concat(a, Concat(b, c), d) on one axis -> Concat(a, b, c, d)."""
+    """Concat(a, Concat(b, Concat(c, d)), e) on one axis -> Concat(a, b, c, d, e).
+
+    A whole tree of nested Concats is flattened by one rewrite at its outermost Concat (an inner
+    Concat whose only reader will absorb it waits), so deep nests cost linear time.
+    """
 
     name = "flatten-concat"
     labels = ("flatten",)
@@ -68,23 +81,37 @@ class FlattenNested(Rule):
 
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
         axis = axis_of(node)
-        inner = []
-        for v in node.inputs:
-            p = v.producer if v is not None else None
-            if (p is not None and p.op_type == "Concat" and p.domain in ("", "ai.onnx") and p.graph is node.graph
-                    and axis is not None and axis_of(p) == axis and p not in inner
-                    and not v.is_graph_output and all(u is node for u, _ in v.uses)):  # type: ignore[union-attr]
-                inner.append(p)
+        if axis is None:
+            return MatchResult.fail(f"the axis of {describe(node)} is unknown")
+        users = node.output.consumers
+        if len(users) == 1 and users[0].op_type == "Concat":
+            outer_axis = axis_of(users[0])
+            if outer_axis is not None and _absorbed(node.output, users[0], outer_axis) is node:
+                return MatchResult.fail(f"{describe(node)} will be flattened into {describe(users[0])}")
+        inner: dict[int, ir.Node] = {}  # parents before children
+        stack = [node]
+        while stack:
+            parent = stack.pop()
+            for v in parent.inputs:
+                p = _absorbed(v, parent, axis)
+                if p is not None and id(p) not in inner:
+                    inner[id(p)] = p
+                    stack.append(p)
         if not inner:
             return MatchResult.fail(f"no input of {describe(node)} is a Concat on the same axis used only here")
-        return Match(node, [*inner, node])
+        return Match(node, [*reversed(inner.values()), node], extra={"inner": {id(n.output) for n in inner.values()}})
 
     def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
-        inner = {id(n.output) for n in m.nodes[:-1]}
-        inputs: list[ir.Value | None] = []
-        for v in m.root.inputs:
-            inputs.extend(v.producer.inputs if v is not None and id(v) in inner else [v])  # type: ignore[union-attr]
-        return rw.like(m.root, inputs)
+        inner = m.extra["inner"]
+        flat: list[ir.Value | None] = []
+        stack: list[ir.Value | None] = list(reversed(m.root.inputs))
+        while stack:
+            v = stack.pop()
+            if v is not None and id(v) in inner:
+                stack.extend(reversed(v.producer.inputs))  # type: ignore[union-attr]
+            else:
+                flat.append(v)
+        return rw.like(m.root, flat)
 
 
 class SingleInput(Rule):
@@ -144,16 +171,21 @@ class MergeConstants(Rule):
         return rw.like(m.root, inputs)
 
 
-def _pieces(concat: ir.Node, axis: int) -> list[tuple[int, int]] | None:
-    """Each Concat input's [start, end) along ``axis``; None when a size is unknown."""
-    out, offset = [], 0
-    for v in concat.inputs:
+def concat_pieces(concat: ir.Node) -> tuple[int, dict[tuple[int, int], int]] | None:
+    """The Concat's axis and each input's [start, end) along it (mapped to the input's index);
+    None when the axis or a size is unknown. Matchers read it through ``env.once``: a Concat with
+    many Slice readers is measured once."""
+    axis = axis_of(concat)
+    if axis is None:
+        return None
+    pieces, offset = {}, 0
+    for k, v in enumerate(concat.inputs):
         size = size_along(v, axis)
         if size is None:
             return None
-        out.append((offset, offset + size))
+        pieces.setdefault((offset, offset + size), k)
         offset += size
-    return out
+    return axis, pieces
 
 
 class CancelSplit(Rule):
@@ -168,13 +200,12 @@ class CancelSplit(Rule):
         concat = data.producer if data is not None else None
         if concat is None or concat.op_type != "Concat" or concat.graph is not node.graph:
             return MatchResult.fail(f"{describe(node)} does not read a Concat")
-        axis, split_axis = axis_of(concat), axis_of(node)
-        if axis is None or axis != split_axis:
-            return MatchResult.fail(f"{describe(concat)} and {describe(node)} differ in axis (or it is unknown)")
-        pieces = _pieces(concat, axis)
-        total = pieces[-1][1] if pieces else None
-        sizes = ops.split_sizes(node, env.model.opset(), total)
-        if pieces is None or sizes is None or [e - s for s, e in pieces] != sizes:
+        found = env.once(concat_pieces, concat)
+        if found is None or found[0] != axis_of(node):
+            return MatchResult.fail(f"{describe(concat)} and {describe(node)} differ in axis (or a size is unknown)")
+        pieces = list(found[1])
+        sizes = ops.split_sizes(node, env.model.opset(), pieces[-1][1] if pieces else None)
+        if len(pieces) != len(concat.inputs) or sizes != [e - s for s, e in pieces]:
             return MatchResult.fail(f"{describe(node)} does not take the pieces of {describe(concat)} back out")
         return Match(node, [node], outputs=[v for v in node.outputs if v is not None], kept=[concat])
 
@@ -195,22 +226,21 @@ class CancelSlice(Rule):
         concat = data.producer if data is not None else None
         if concat is None or concat.op_type != "Concat" or concat.graph is not node.graph:
             return MatchResult.fail(f"{describe(node)} does not read a Concat")
-        axis = axis_of(concat)
+        found = env.once(concat_pieces, concat)
         params = ops.slice_params(node, env.model.opset())
-        pieces = _pieces(concat, axis) if axis is not None else None
-        if params is None or pieces is None:
+        if params is None or found is None:
             return MatchResult.fail(f"{describe(node)}'s parameters or {describe(concat)}'s piece sizes are unknown")
+        axis, pieces = found
         starts, ends, axes, steps = params
         rank = rank_of(concat)
         axes = axes if axes is not None else list(range(len(starts)))
         axes = [a + rank if a < 0 and rank is not None else a for a in axes]
         if len(axes) != 1 or axes[0] != axis or (steps is not None and steps != [1]):
             return MatchResult.fail(f"{describe(node)} is not a unit-step slice along the concat axis")
-        total = pieces[-1][1]
+        total = max((e for _, e in pieces), default=0)
         start, end = (min(max(v + total if v < 0 else v, 0), total) for v in (starts[0], ends[0]))
-        for k, piece in enumerate(pieces):
-            if piece == (start, end):
-                return Match(node, [node], kept=[concat], extra={"piece": concat.inputs[k]})
+        if (start, end) in pieces:
+            return Match(node, [node], kept=[concat], extra={"piece": concat.inputs[pieces[(start, end)]]})
         return MatchResult.fail(f"{describe(node)} takes [{start}, {end}), not one piece of {describe(concat)}")
 
     def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:

@@ -36,7 +36,17 @@ def test_nested_concats_on_one_axis_flatten() -> None:
           i3 = Concat<axis=0>(a, a)
           z = Concat<axis=1>(i3, i3)
         }""")
-    assert report.totals() == {"flatten-concat": 2}
+    assert report.totals() == {"flatten-concat": 1}  # the whole nest in one rewrite at its outermost Concat
+
+
+def test_a_deep_nest_is_flattened_in_one_rewrite() -> None:
+    n = 500  # recursion or a rewrite per level would make this slow (quadratic) or crash
+    lines = ["c0 = Concat<axis=0>(a, a)"] + [f"c{i} = Concat<axis=0>(c{i - 1}, a)" for i in range(1, n)]
+    text = header() + f"g (float[1] a) => (float[{n + 1}] c{n - 1}) {{ {' '.join(lines)} }}"
+    out, report = rewrite_text("eliminate-concat", text)
+    assert report.totals() == {"flatten-concat": 1}
+    (node,) = out.graph.node
+    assert list(node.input) == ["a"] * (n + 1)
 
 
 def test_inner_concat_with_another_use_stays() -> None:

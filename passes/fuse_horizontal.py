@@ -85,15 +85,26 @@ class _Horizontal(Rule):
 
     axis: int  # the channel axis the Split uses
 
+    def siblings(self, x: ir.Value) -> dict[tuple[Any, ...], list[ir.Node]]:
+        """The fusable readers of ``x`` (as their first input), grouped by key."""
+        groups: dict[tuple[Any, ...], list[ir.Node]] = {}
+        for c in x.consumers:
+            if c.op_type == self.op_type and c.domain in ("", "ai.onnx") and c.inputs[0] is x \
+                    and x not in c.inputs[1:] and (key := self.key(c)) is not None:
+                groups.setdefault(key, []).append(c)
+        return groups
+
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
-        key = self.key(node)
+        key = env.once(self.key, node)
         if key is None:
             return MatchResult.fail(f"{describe(node)} has no constant weights of a form this rule fuses")
         x = node.inputs[0]
         assert x is not None
-        branches = sorted((c for c in x.consumers if c.graph is node.graph and c.op_type == node.op_type
-                           and c.domain == node.domain and c.inputs[0] is x and x not in c.inputs[1:]
-                           and self.key(c) == key), key=env.position)
+        # Readers are grouped once per input, so a value read by many layers is not rescanned per
+        # reader. Rewrites only remove members (filtered here) and add wide layers whose group
+        # they emptied, so the grouping stays right for the rest of the run.
+        group = env.once(self.siblings, x).get(key, [])
+        branches = sorted((b for b in group if b.graph is node.graph), key=env.position)
         if len(branches) < self.min_branches:
             return MatchResult.fail(f"{len(branches)} compatible branch(es) read '{x.name}', "
                                     f"{self.min_branches} needed")

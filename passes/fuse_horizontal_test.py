@@ -192,6 +192,24 @@ def test_branch_order_is_node_order_whatever_the_use_order() -> None:
     assert list(split.output) == ["y2", "y0", "y1"]
 
 
+def test_a_value_read_by_many_layers_is_grouped_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 300  # 300 convs on one input, all different (pads), so no group ever fuses
+    convs = " ".join(f"y{i} = Conv<pads=[{i},{i},{i},{i}]>(x, w)" for i in range(n))
+    outs = ", ".join(f"float[1,1,{4 + 2 * i},{4 + 2 * i}] y{i}" for i in range(n))
+    text = header() + f"g (float[1,2,4,4] x) => ({outs}) <float[1,2,1,1] w = {{1.0, 2.0}}> {{ {convs} }}"
+    calls = 0
+    real_key = fuse_horizontal.HorizontalConv.key
+
+    def counting(self, node):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real_key(self, node)
+    monkeypatch.setattr(fuse_horizontal.HorizontalConv, "key", counting)
+    _, report = rewrite_text("fuse-horizontal", text)
+    assert report.totals() == {}
+    assert calls <= 8 * n  # a few per conv; rescanning the siblings per conv would be n * n
+
+
 # ------------------------------------------------------------------------------------------------
 # random graphs
 

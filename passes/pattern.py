@@ -352,15 +352,29 @@ class Rewriter:
 
 @dataclass
 class Env:
-    """What a rule's ``match`` may consult besides the node: the model and node order."""
+    """What a rule's ``match`` may consult besides the node: the model, node order, and a memo.
+
+    ``memo`` is scratch space that lives for one run over one graph: custom matchers that look at
+    a node's neighbours keep what they learned there, so a node with many siblings is not
+    re-examined once per sibling (which would make the pass quadratic in the fan-out).
+    """
 
     model: ir.Model
     graph: ir.Graph
     _position: dict[int, float] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def position(self, node: ir.Node) -> float:
         """The node's place in the graph order when the driver started (new nodes: their anchor's)."""
         return self._position[id(node)]
+
+    def once(self, fn: Callable[[Any], Any], obj: ir.Node | ir.Value) -> Any:
+        """``fn(obj)``, computed once per object in this run (for facts rewrites do not change)."""
+        key = (fn, id(obj))
+        hit = self.memo.get(key)
+        if hit is None or hit[0] is not obj:  # the stored object keeps its id from being reused
+            hit = self.memo[key] = (obj, fn(obj))
+        return hit[1]
 
 
 def safety(m: Match) -> MatchResult:
