@@ -175,12 +175,6 @@ def test_random_graphs_stay_equivalent_and_nothing_is_left(model: onnx.ModelProt
     assert report.totals() == {}, report.totals()
 
 
-@given(models(motifs=["parallel_convs", "conv_bn_act", "concat_split", "nested_concat"], ops=["conv", "activation"],
-              opsets=range(11, ORT_NEWEST + 1), max_nodes=20))
-def test_the_fuse_group_keeps_results(model: onnx.ModelProto) -> None:
-    check_pass("fuse", model)
-
-
 NO_SHRINK = settings(max_examples=60, phases=[Phase.generate], database=None, derandomize=True,
                      suppress_health_check=list(HealthCheck))
 

@@ -1,0 +1,36 @@
+"""The `fuse` group as users run it: the bundled example through the command line, random graphs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from hypothesis import given
+
+from optgraph.passes.testing import check_pass, models
+from optgraph.runtime.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "inception_mini.onnx"
+ORT_NEWEST = 26
+
+
+def test_bundled_example_folds_every_bn_and_fuses_branches(tmp_path: Path) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    assert main(["run", str(EXAMPLE), "-o", str(out), "--passes", "fuse", "--report", str(report), "--check"]) == 0
+    totals = json.loads(report.read_text())["totals"]
+    bns = sum(n.op_type == "BatchNormalization" for n in onnx.load(EXAMPLE).graph.node)
+    assert totals["bn-into-conv"] == bns > 0
+    assert totals["horizontal-conv1x1"] > 0
+    after = Counter(n.op_type for n in onnx.load(out).graph.node)
+    assert after["BatchNormalization"] == 0 and after["Split"] == totals["horizontal-conv1x1"]
+    assert main(["verify", str(EXAMPLE), str(out)]) == 0
+
+
+@given(models(motifs=["parallel_convs", "conv_bn_act", "concat_split", "nested_concat", "shared_weights",
+                      "graph_output_inside", "parallel_matmuls"],
+              ops=["conv", "activation", "batchnorm", "gemm", "matmul"], opsets=range(11, ORT_NEWEST + 1),
+              max_nodes=20))
+def test_random_graphs_through_the_group_stay_equivalent(model: onnx.ModelProto) -> None:
+    check_pass("fuse", model)
