@@ -61,11 +61,12 @@ def size_along(v: ir.Value | None, axis: int) -> int | None:
 
 def _absorbed(v: ir.Value | None, parent: ir.Node, axis: int) -> ir.Node | None:
     """The Concat producing ``v`` when ``parent`` (a Concat on ``axis``) can take its inputs over."""
-    p = v.producer if v is not None else None
-    if (p is None or p.op_type != "Concat" or p.domain not in ("", "ai.onnx") or p.graph is not parent.graph
-            or v.is_graph_output or any(u is not parent for u, _ in v.uses) or axis_of(p) != axis):  # type: ignore[union-attr]
+    if v is None or v.is_graph_output or any(u is not parent for u, _ in v.uses):
         return None
-    return p
+    p = v.producer
+    if p is None or p.op_type != "Concat" or p.domain not in ("", "ai.onnx") or p.graph is not parent.graph:
+        return None
+    return p if axis_of(p) == axis else None
 
 
 class FlattenNested(Rule):
@@ -107,8 +108,8 @@ class FlattenNested(Rule):
         stack: list[ir.Value | None] = list(reversed(m.root.inputs))
         while stack:
             v = stack.pop()
-            if v is not None and id(v) in inner:
-                stack.extend(reversed(v.producer.inputs))  # type: ignore[union-attr]
+            if v is not None and v.producer is not None and id(v) in inner:
+                stack.extend(reversed(v.producer.inputs))
             else:
                 flat.append(v)
         return rw.like(m.root, flat)
@@ -145,8 +146,8 @@ class MergeConstants(Rule):
         return Match(node, [node], extra={"axis": axis, "consts": consts})
 
     def check(self, m: Match) -> MatchResult:
-        pieces = [(v, a) for v, a in zip(m.root.inputs, m.extra["consts"]) if a is not None]
-        if sum(a.nbytes for _, a in pieces) > _FOLD_BYTES and any(len(v.uses) > 1 for v, _ in pieces):  # type: ignore[union-attr]
+        pieces = [(v, a) for v, a in zip(m.root.inputs, m.extra["consts"]) if v is not None and a is not None]
+        if sum(a.nbytes for _, a in pieces) > _FOLD_BYTES and any(len(v.uses) > 1 for v, _ in pieces):
             return MatchResult.fail("merging would copy large constants that other nodes also read")
         return MatchResult.OK
 
@@ -210,8 +211,7 @@ class CancelSplit(Rule):
         return Match(node, [node], outputs=[v for v in node.outputs if v is not None], kept=[concat])
 
     def rewrite(self, m: Match, rw: Rewriter) -> Sequence[ir.Value]:
-        pieces = m.kept[0].inputs
-        return [pieces[k] for k, v in enumerate(m.root.outputs) if v is not None]  # type: ignore[misc]
+        return [piece for piece, out in zip(m.kept[0].inputs, m.root.outputs) if piece is not None and out is not None]
 
 
 class CancelSlice(Rule):
@@ -244,7 +244,8 @@ class CancelSlice(Rule):
         return MatchResult.fail(f"{describe(node)} takes [{start}, {end}), not one piece of {describe(concat)}")
 
     def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
-        return m.extra["piece"]  # type: ignore[no-any-return]
+        piece: ir.Value = m.extra["piece"]
+        return piece
 
 
 @register

@@ -137,7 +137,8 @@ class BnIntoMatMul(Rule):
         s, t = bn_affine(m)
         w, b = m.array("w"), m.array_or_none("b")
         b64 = 0.0 if b is None else b.astype(np.float64)
-        mm = rw.like(m.node("mm"), [m.value("x"), rw.const((w.astype(np.float64) * s).astype(w.dtype), m.value("w").name)])
+        w_new = rw.const((w.astype(np.float64) * s).astype(w.dtype), m.value("w").name)
+        mm = rw.like(m.node("mm"), [m.value("x"), w_new])
         return rw.op("Add", [mm, rw.const(np.asarray(b64 * s + t, dtype=w.dtype), "bias")])
 
 

@@ -140,7 +140,8 @@ class _Horizontal(Rule):
         branches, acts = m.extra["branches"], m.extra["acts"]
         wide = self.build(rw, branches, m.extra["tails"])
         if acts:  # bounds become initializers: a Constant node may come after the new nodes' place
-            bounds = [None if v is None else rw.const(ir.constant_array(v), "bound") for v in acts[0].inputs[1:]]  # type: ignore[arg-type]
+            bounds = [None if a is None else rw.const(a, "bound")
+                      for a in (ir.constant_array(v) for v in acts[0].inputs[1:])]
             wide = rw.like(acts[0], [wide, *bounds])
         concat = m.extra["concat"]
         if concat is not None:
@@ -253,7 +254,9 @@ class HorizontalGemm(_Horizontal):
 
     def key(self, node: ir.Node) -> tuple[Any, ...] | None:
         w = _weight(node)
-        if w is None or w.ndim != 2 or (len(node.inputs) > 2 and node.inputs[2] is not None and self.bias(node) is None):
+        if w is None or w.ndim != 2:
+            return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and self.bias(node) is None:
             return None
         k = w.shape[1] if node.attr("transB", 0) else w.shape[0]
         return (k, w.dtype.str, float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0)), node.attr("transA", 0))

@@ -209,7 +209,8 @@ class _Matcher:
         for key, want in p.attrs.items():
             got = node.attr(key) if callable(want) else node.attr(key, want)
             if not (want(got) if callable(want) else _same_attr(got, want)):
-                return f"{_where(at)}: {describe(node)} has {key}={got!r}" + ("" if callable(want) else f", not {want!r}")
+                wanted = "" if callable(want) else f", not {want!r}"
+                return f"{_where(at)}: {describe(node)} has {key}={got!r}{wanted}"
         if p.where is not None and not p.where(node):
             return f"{_where(at)}: {describe(node)} fails the pattern's condition"
         if len(node.inputs) > len(p.inputs):
@@ -462,7 +463,7 @@ def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[str, list[Rule]]
             break
 
 
-def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> list[ir.Node]:
+def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> list[ir.Node | None]:
     """Run the rewrite, rewire, remove what died; return the nodes worth looking at again."""
     assert m.anchor is not None
     rw = Rewriter(model, graph, m.anchor)
@@ -481,10 +482,10 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
             new.dtype = new.dtype or old.dtype  # the same tensor: keep what was known about it
             new.shape = new.shape if new.shape is not None else old.shape
         graph.replace_value(old, new)
-    touched: list[ir.Node] = list(rw.created)
+    touched: list[ir.Node | None] = list(rw.created)
     for v in new_values:
         touched.extend(v.consumers)
-        touched.append(v.producer)  # type: ignore[arg-type]
+        touched.append(v.producer)
     inputs: list[ir.Value | None] = []
     for node in reversed(m.nodes):
         if node.graph is graph and not any(v is not None and v.is_used for v in node.outputs):
