@@ -34,3 +34,10 @@ def test_bundled_example_folds_every_bn_and_fuses_branches(tmp_path: Path) -> No
               max_nodes=20))
 def test_random_graphs_through_the_group_stay_equivalent(model: onnx.ModelProto) -> None:
     check_pass("fuse", model)
+
+
+def test_output_is_byte_identical_across_runs(tmp_path: Path) -> None:
+    outs = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    for out in outs:
+        assert main(["run", str(EXAMPLE), "-o", str(out), "--passes", "fuse", "--quiet"]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
