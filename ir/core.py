@@ -23,41 +23,117 @@ Shape = tuple[int | str | None, ...]
 
 
 class Value:
-    """A tensor (or other ONNX value) flowing through the graph."""
+    """A tensor (or other ONNX value) flowing through the graph.
 
-    __slots__ = ("_name", "graph", "dtype", "shape", "producer", "index", "_uses", "const",
-                 "_n_graph_outputs", "_is_graph_input", "type_proto", "_info")
+    ``dtype`` is the ONNX element type (0 = unknown); ``shape`` is None when even the rank is
+    unknown, else a tuple of int, str (a dim_param) or None (an unknown dim). For a value read from
+    a file both are decoded from its ValueInfoProto (or its initializer) on first use, and the
+    entry is written back as it came until the value is edited.
+    """
+
+    __slots__ = ("_name", "graph", "producer", "index", "_uses", "const", "_n_graph_outputs",
+                 "_is_graph_input", "_dtype", "_shape", "_type_proto", "_info", "_vi", "_lazy")
 
     def __init__(self, graph: Graph, name: str, dtype: int = 0, shape: Shape | None = None) -> None:
         self._name = name
         self.graph = graph
-        self.dtype = dtype  # onnx.TensorProto element type; 0 = unknown
-        self.shape = shape  # None = unknown rank; dims are int, str (dim_param) or None
         self.producer: Node | None = None
         self.index = 0  # which output of the producer
         self._uses: dict[tuple[Node, int], None] = {}  # an ordered set: O(1) removal at any fan-out
         self.const: Tensor | None = None  # set for initializers
         self._n_graph_outputs = 0
         self._is_graph_input = False
-        self.type_proto: onnx.TypeProto | None = None  # kept only for non-tensor types
+        self._dtype = dtype
+        self._shape = shape
+        self._type_proto: onnx.TypeProto | None = None  # kept only for non-tensor types
         self._info: tuple[str, dict[str, str]] | None = None  # doc_string, metadata_props (rare)
+        self._vi: onnx.ValueInfoProto | None = None  # the loaded entry while the value is unedited
+        self._lazy = False  # type info still to be decoded from _vi or const
+
+    def _decode(self) -> None:
+        self._lazy = False
+        vi = self._vi
+        if vi is not None:
+            if vi.HasField("type"):
+                tp = vi.type
+                if tp.HasField("tensor_type"):
+                    tt = tp.tensor_type
+                    self._dtype = tt.elem_type
+                    if tt.HasField("shape"):
+                        self._shape = tuple(
+                            d.dim_value if which == "dim_value" else (d.dim_param if which == "dim_param" else None)
+                            for d in tt.shape.dim for which in (d.WhichOneof("value"),))
+                elif tp.WhichOneof("value") is not None:
+                    self._type_proto = tp
+            if vi.doc_string or vi.metadata_props:
+                self._info = (vi.doc_string, {p.key: p.value for p in vi.metadata_props})
+        if not self._dtype and self._shape is None and self.const is not None:
+            self._dtype, self._shape = self.const.dtype, self.const.shape
+
+    def _detach(self) -> None:
+        """Decode, then forget the loaded entry: this value is being edited."""
+        if self._lazy:
+            self._decode()
+        self._vi = None
+
+    @property
+    def dtype(self) -> int:
+        if self._lazy:
+            self._decode()
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, dtype: int) -> None:
+        self._detach()
+        self._dtype = dtype
+
+    @property
+    def shape(self) -> Shape | None:
+        if self._lazy:
+            self._decode()
+        return self._shape
+
+    @shape.setter
+    def shape(self, shape: Shape | None) -> None:
+        self._detach()
+        self._shape = None if shape is None else tuple(shape)
+
+    @property
+    def type_proto(self) -> onnx.TypeProto | None:
+        """The full type of a non-tensor value (sequence, map, optional); None for tensors."""
+        if self._lazy:
+            self._decode()
+        return self._type_proto
+
+    @type_proto.setter
+    def type_proto(self, tp: onnx.TypeProto | None) -> None:
+        self._detach()
+        self._type_proto = tp
 
     @property
     def doc_string(self) -> str:
+        if self._lazy:
+            self._decode()
         return self._info[0] if self._info else ""
 
     @doc_string.setter
     def doc_string(self, text: str) -> None:
-        self._info = (text, self.metadata_props) if text or self._info else None
+        props = self.metadata_props
+        self._detach()
+        self._info = (text, props) if text or props else None
 
     @property
     def metadata_props(self) -> dict[str, str]:
         """Metadata of this value; assign a new dict to change it."""
+        if self._lazy:
+            self._decode()
         return dict(self._info[1]) if self._info else {}
 
     @metadata_props.setter
     def metadata_props(self, props: dict[str, str]) -> None:
-        self._info = (self.doc_string, dict(props)) if props or self._info else None
+        text = self.doc_string
+        self._detach()
+        self._info = (text, dict(props)) if text or props else None
 
     @property
     def name(self) -> str:
@@ -74,6 +150,7 @@ class Value:
 
     def _rename(self, new: str) -> None:
         """Set the name (already reserved in the namespace) and mark users for re-encoding."""
+        self._detach()
         if self.const is not None:
             inits = self.graph.initializers
             inits[new] = inits.pop(self._name)

@@ -60,13 +60,17 @@ def _gc_paused() -> Iterator[None]:
     """Pause the cycle collector while building or writing large object graphs.
 
     A model is hundreds of thousands of small objects; collections triggered mid-build scan them
-    all again and again and can double the load time. Nothing is freed in between anyway.
+    all again and again. On the way out the new objects are moved straight to the oldest
+    generation (freeze + unfreeze), so the first young-generation collection afterwards does not
+    scan them all once more; they are still collected normally when unreachable.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if enabled:
             gc.enable()
 
@@ -105,23 +109,21 @@ def _from_proto(proto: onnx.ModelProto, base_dir: str | None) -> Model:
     return model
 
 
-def _set_type(value: Value, tp: onnx.TypeProto) -> None:
-    if tp.HasField("tensor_type"):
-        tt = tp.tensor_type
-        value.dtype = tt.elem_type
-        if tt.HasField("shape"):
-            value.shape = tuple(d.dim_value if d.HasField("dim_value") else
-                                (d.dim_param if d.HasField("dim_param") else None) for d in tt.shape.dim)
-    elif tp.WhichOneof("value") is not None:
-        value.type_proto = tp
-
-
 def _set_info(value: Value, vi: onnx.ValueInfoProto) -> None:
-    if vi.HasField("type"):
-        _set_type(value, vi.type)
-    value.doc_string = vi.doc_string
-    if vi.metadata_props:
-        value.metadata_props = {p.key: p.value for p in vi.metadata_props}
+    """Attach a ValueInfoProto; it is decoded when the type is first read (see Value)."""
+    value._vi = vi
+    value._lazy = True
+
+
+def _fill_type(value: Value, vi: onnx.ValueInfoProto) -> None:
+    """Give an input/output whose own entry has no type the type a value_info entry records."""
+    own = value._vi
+    if own is None or own.HasField("type") or not vi.HasField("type"):
+        return
+    merged = onnx.ValueInfoProto()
+    merged.CopyFrom(own)
+    merged.type.CopyFrom(vi.type)
+    _set_info(value, merged)
 
 
 class _Unsorted(Exception):
@@ -196,8 +198,7 @@ class _Loader:
             if v is None or v.const is not None:
                 v = define(tp.name)  # raises on a duplicate initializer
             v.const = self.tensor(tp)
-            if not v.dtype:
-                v.dtype, v.shape = v.const.dtype, v.const.shape
+            v._lazy = True  # the type comes from the input's entry or else from the tensor
             graph.initializers[tp.name] = v
         if gp.sparse_initializer:
             raise InvalidModelError(f"{where} has sparse initializers, which optgraph does not support")
@@ -242,8 +243,8 @@ class _Loader:
                 continue
             if not v.is_graph_input and not v.is_graph_output:
                 _set_info(v, vi)
-            elif not v.dtype and v.shape is None and v.type_proto is None and vi.HasField("type"):
-                _set_type(v, vi.type)  # an input/output's own entry wins; value_info only fills a missing type
+            else:
+                _fill_type(v, vi)  # an input/output's own entry wins; value_info only fills a missing type
 
     def _nodes(self, protos: list[onnx.NodeProto], order: Iterable[int], graph: Graph, scope: dict[str, Value],
                lookup: Callable[[str], Value | None], outer: Callable[[str], Value | None] | None,
@@ -341,9 +342,9 @@ class _Loader:
         shell.output.extend(onnx.ValueInfoProto(name=o) for o in fp.output)
         shell.value_info.extend(vis.values())
         self.graph(shell, graph, None, input_names=fp.input)
-        for v in graph.inputs:
-            if v.name in vis:
-                _set_info(v, vis[v.name])
+        for v in [*graph.inputs, *graph.outputs]:  # drop the shell's untyped output entries
+            v._vi = vis.get(v.name)
+            v._lazy = v._vi is not None
         fn = Function(fp.domain, fp.name, graph, overload=getattr(fp, "overload", ""),
                       attributes=fp.attribute, opset_imports={o.domain: o.version for o in fp.opset_import})
         fn.attribute_defaults = list(fp.attribute_proto)
@@ -356,35 +357,35 @@ class _Loader:
 # saving
 
 
-def _type_proto(v: Value) -> onnx.TypeProto | None:
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    """The value's entry: the loaded one while the value is unedited, else a new one."""
+    if v._vi is not None:
+        return v._vi
+    vi = onnx.ValueInfoProto(name=v.name)
     if v.type_proto is not None:
-        return v.type_proto
-    if not v.dtype and v.shape is None:
-        return None
-    tp = onnx.TypeProto()
-    tt = tp.tensor_type
-    tt.elem_type = v.dtype
-    if v.shape is not None:
-        shape = tt.shape
-        shape.SetInParent()
-        for d in v.shape:
-            dim = shape.dim.add()
-            if isinstance(d, int):
-                dim.dim_value = d
-            elif isinstance(d, str):
-                dim.dim_param = d
-    return tp
-
-
-def _value_info(v: Value, vi: onnx.ValueInfoProto) -> None:
-    vi.name = v.name
-    tp = _type_proto(v)
-    if tp is not None:
-        vi.type.CopyFrom(tp)
+        vi.type.CopyFrom(v.type_proto)
+    elif v.dtype or v.shape is not None:
+        tt = vi.type.tensor_type
+        tt.elem_type = v.dtype
+        if v.shape is not None:
+            shape = tt.shape
+            shape.SetInParent()
+            for d in v.shape:
+                dim = shape.dim.add()
+                if isinstance(d, int):
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
     if v.doc_string:
         vi.doc_string = v.doc_string
     for k, val in v.metadata_props.items():
         vi.metadata_props.add(key=k, value=val)
+    return vi
+
+
+def _typed(v: Value) -> bool:
+    """Whether a value_info entry is worth writing for ``v`` (checked without decoding)."""
+    return v._vi is not None or bool(v.dtype) or v.shape is not None or v.type_proto is not None
 
 
 def _encode_attr(a: Attr, p: onnx.AttributeProto) -> None:
@@ -463,18 +464,14 @@ def _graph_proto(graph: Graph, gp: onnx.GraphProto, *, initializers: bool = True
         gp.doc_string = graph.doc_string
     for k, val in graph.metadata_props.items():
         gp.metadata_props.add(key=k, value=val)
-    for v in graph.inputs:
-        _value_info(v, gp.input.add())
+    gp.input.extend([_value_info(v) for v in graph.inputs])
     _encode_nodes(graph, gp.node)
     if initializers:
         gp.initializer.extend([v.const.to_proto(v.name) for v in graph.initializers.values()])  # type: ignore[union-attr]
     pinned = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
-    for node in graph:
-        for v in node._outputs:
-            if v is not None and id(v) not in pinned and (v.dtype or v.shape is not None or v.type_proto is not None):
-                _value_info(v, gp.value_info.add())
-    for v in graph.outputs:
-        _value_info(v, gp.output.add())
+    gp.value_info.extend([_value_info(v) for node in graph for v in node._outputs
+                          if v is not None and id(v) not in pinned and _typed(v)])
+    gp.output.extend([_value_info(v) for v in graph.outputs])
     if graph.extra is not None:
         gp.quantization_annotation.extend(graph.extra.quantization_annotation)
 
@@ -495,9 +492,8 @@ def _function_proto(fn: Function) -> onnx.FunctionProto:
     _encode_nodes(fn.graph, fp.node)
     for dom, ver in fn.opset_imports.items():
         fp.opset_import.add(domain=dom, version=ver)
-    for v in [*fn.graph.inputs, *(o for n in fn.graph for o in n.outputs if o is not None)]:
-        if v.dtype or v.shape is not None or v.type_proto is not None:
-            _value_info(v, fp.value_info.add())
+    fp.value_info.extend([_value_info(v) for v in [*fn.graph.inputs, *(o for n in fn.graph for o in n.outputs if o)]
+                          if _typed(v)])
     for k, val in fn.metadata_props.items():
         fp.metadata_props.add(key=k, value=val)
     return fp
@@ -571,7 +567,7 @@ def _save(model: Model, path: str, external_data: bool | None, size_threshold: i
     tensors = list(model.graph.initializers.values())
     if external_data is None:
         external_data = any(v.const.is_external for v in tensors) or \
-            sum(v.const.nbytes for v in tensors) > _TWO_GB_MARGIN  # type: ignore[union-attr]
+            sum(v.const.encoded_size for v in tensors) > _TWO_GB_MARGIN  # type: ignore[union-attr]
     folder = os.path.dirname(os.path.abspath(path))
     location = os.path.basename(path) + ".data"
     temps: list[str] = []

@@ -77,6 +77,13 @@ class Tensor:
         return self.size * _itemsize(self.dtype)
 
     @property
+    def encoded_size(self) -> int:
+        """About how many bytes the tensor takes inside a model file (what the 2 GB limit counts)."""
+        if self._proto is not None and self._external is None:
+            return self._proto.ByteSize()
+        return self.nbytes
+
+    @property
     def is_external(self) -> bool:
         return self._external is not None
 
