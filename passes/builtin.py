@@ -1,7 +1,7 @@
 """The built-in passes and groups. Importing a pass module registers its passes."""
 
 from optgraph.passes import concat, dce, fuse_conv_act, fuse_conv_bn, fuse_horizontal  # noqa: F401
-from optgraph.passes import cse, fold, noops, shapes, tensorrt_ready  # noqa: F401
+from optgraph.passes import cse, fold, layout, noops, shapes, tensorrt_ready  # noqa: F401
 from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.registry import register_group
 
@@ -11,8 +11,9 @@ register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-op
 register_group("fuse", ["fuse-conv-bn", "fuse-horizontal", "eliminate-concat", "fuse-conv-act"],
                "Fuse layers: conv+bn+activation, parallel branches, concats")
 # The order and why: docs/pipeline.md. Shapes first (the others read them), folding before the
-# no-op checks (they need constant operands), CSE after both (they expose duplicates), fusion on
-# the simplified graph, dead code last; repeated until an iteration changes nothing.
-register_group("default", ["infer-shapes", "fold-constants", "remove-noops", "cse", "tensorrt-ready", "fuse",
-                           "remove-dead"], "The standard optimization pipeline: the smallest equivalent graph",
-               fixed_point=True)
+# no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and
+# TensorRT rewrites on the simplified graph, then fusion, dead code last; repeated until an
+# iteration changes nothing.
+register_group("default", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
+                           "tensorrt-ready", "fuse", "remove-dead"],
+               "The standard optimization pipeline: the smallest equivalent graph", fixed_point=True)
