@@ -52,60 +52,100 @@ def _attrs_key(node: ir.Node) -> tuple[Any, ...]:
     return tuple(sorted((a.name, a.type, repr(a.value)) for a in node.attrs.values()))
 
 
+_CONV = op.Conv(Var("x"), Var("w"), Var("b", optional=True), name="conv")
+
+
 class ConvActivation(Rule):
     name = "conv-act"
     labels = ("conv", "act")
-    pattern = op(ACTIVATIONS,
-                 op.Conv(Var("x"), Var("w"), Var("b", optional=True), name="conv"),
-                 Var("min", const=True, optional=True), Var("max", const=True, optional=True), name="act")
+    pattern = op(ACTIVATIONS, _CONV, Var("min", const=True, optional=True), Var("max", const=True, optional=True),
+                 name="act")
 
     def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
-        conv, act = m.node("conv"), m.node("act")
-        inputs = [m.value("x"), m.value("w"), *([m.value("b")] if m.optional("b") is not None else [])]
-        fn_name = fused_function(rw.model, conv, act, len(inputs) == 3)
-        out = rw.op(fn_name, inputs, domain=FUSED_DOMAIN)
-        assert isinstance(out, ir.Value) and out.producer is not None
-        out.producer.name = conv.name
-        return out
+        return fused_call(m, rw, [m.node("act")])
 
 
-def fused_function(model: ir.Model, conv: ir.Node, act: ir.Node, bias: bool) -> str:
-    """The name of the function computing ``act(conv(...))``, added to the model if new."""
-    key = activation_key(act)
-    assert key is not None
-    signature = repr((key, _attrs_key(conv), bias, model.opset()))
-    name = f"Conv{act.op_type}_{hashlib.sha1(signature.encode()).hexdigest()[:8]}"
-    if (FUSED_DOMAIN, name, "") in model.functions:
-        return name
-    body = ir.Graph(name)
-    x, w, *b = (ir.Value(body, body.fresh_name(n)) for n in ("X", "W", "B")[: 3 if bias else 2])
-    for v in (x, w, *b):
-        body.add_input(v)
-    conv_node = body.make_node("Conv", [x, w, *b], name="conv")
-    for a in conv.attrs.values():
-        conv_node.set_attr(a.name, a.value, a.type)
-    bounds: list[ir.Value | None] = []
-    for k, v in enumerate(act.inputs[1:]):
-        bounds.append(None if v is None else
-                      body.make_node("Constant", [], {"value": np.array(ir.constant_array(v))},
-                                     name=("min", "max")[k]).output)
-    act_node = body.make_node(act.op_type, [conv_node.output, *bounds], name="act")
-    for a in act.attrs.values():
-        act_node.set_attr(a.name, a.value, a.type)
-    act_node.output.name = "Y"
-    body.set_outputs([act_node.output])
-    model.functions[(FUSED_DOMAIN, name, "")] = ir.Function(FUSED_DOMAIN, name, body,
-                                                            opset_imports={"": model.opset()})
-    model.opset_imports.setdefault(FUSED_DOMAIN, 1)
-    model.ir_version = max(model.ir_version, 8)  # model-local functions came with IR version 8
+class ConvSwish(Rule):
+    """Conv followed by x * Sigmoid(x) (SiLU/Swish: EfficientNet, YOLO)."""
+
+    name = "conv-swish"
+    labels = ("conv", "act")
+    benefit = 2
+    pattern = op.Mul(_CONV, op.Sigmoid(_CONV, name="sigmoid"), name="act")
+
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        return fused_call(m, rw, [m.node("sigmoid"), m.node("act")])
+
+
+def fused_call(m: Match, rw: Rewriter, tail: list[ir.Node]) -> ir.Value:
+    """A call of the function computing the matched conv followed by ``tail``, named as the conv."""
+    conv = m.node("conv")
+    inputs = [m.value("x"), m.value("w"), *([m.value("b")] if m.optional("b") is not None else [])]
+    out = rw.op(fused_function(rw.model, conv, tail, len(inputs) == 3), inputs, domain=FUSED_DOMAIN)
+    assert isinstance(out, ir.Value) and out.producer is not None
+    out.producer.name = conv.name
+    return out
+
+
+def fused_function(model: ir.Model, conv: ir.Node, tail: list[ir.Node], bias: bool) -> str:
+    """The name of the function computing ``conv`` then the ``tail`` nodes, added to the model if new.
+
+    The signature that names it records, for each tail node, its op, attributes, and where each
+    input comes from: the conv, an earlier tail node, or a constant (by value).
+    """
+    source: dict[int, Any] = {id(conv.output): "conv", **{id(n.output): k for k, n in enumerate(tail)}}
+
+    def origin(v: ir.Value | None) -> Any:
+        if v is None or id(v) in source:
+            return None if v is None else source[id(v)]
+        a = ir.constant_array(v)
+        assert a is not None  # the patterns only let constants in
+        return (a.dtype.str, a.shape, a.tolist())
+
+    wiring = [(n.op_type, _attrs_key(n), tuple(origin(v) for v in n.inputs)) for n in tail]
+    signature = repr((tuple(wiring), _attrs_key(conv), bias, model.opset()))
+    name = f"Conv{''.join(n.op_type for n in tail)}_{hashlib.sha1(signature.encode()).hexdigest()[:8]}"
+    if (FUSED_DOMAIN, name, "") not in model.functions:
+        model.functions[(FUSED_DOMAIN, name, "")] = _function(model, name, conv, tail, bias)
+        model.opset_imports.setdefault(FUSED_DOMAIN, 1)
+        model.ir_version = max(model.ir_version, 8)  # model-local functions came with IR version 8
     return name
+
+
+def _copy_attrs(src: ir.Node, dst: ir.Node) -> None:
+    for a in src.attrs.values():
+        dst.set_attr(a.name, a.value, a.type)
+
+
+def _function(model: ir.Model, name: str, conv: ir.Node, tail: list[ir.Node], bias: bool) -> ir.Function:
+    body = ir.Graph(name)
+    params = [ir.Value(body, body.fresh_name(n)) for n in ("X", "W", "B")[: 3 if bias else 2]]
+    for v in params:
+        body.add_input(v)
+    conv_node = body.make_node("Conv", params, name="conv")
+    _copy_attrs(conv, conv_node)
+    inner: dict[int, ir.Value] = {id(conv.output): conv_node.output}
+    for n in tail:
+        ins: list[ir.Value | None] = []
+        for v in n.inputs:
+            if v is not None and id(v) not in inner:  # a constant operand (Clip's bounds)
+                inner[id(v)] = body.make_node("Constant", [], {"value": np.array(ir.constant_array(v))},
+                                              name="const").output
+            ins.append(None if v is None else inner[id(v)])
+        new = body.make_node(n.op_type, ins, name=n.op_type.lower())
+        _copy_attrs(n, new)
+        inner[id(n.output)] = new.output
+    out = inner[id(tail[-1].output)]
+    out.name = "Y"
+    body.set_outputs([out])
+    return ir.Function(FUSED_DOMAIN, name, body, opset_imports={"": model.opset()})
 
 
 @register
 class FuseConvAct(RewritePass):
     name = "fuse-conv-act"
     description = "Mark Conv(+bias)+activation as one fused unit (a model-local function in the optgraph domain)"
-    rules = (ConvActivation(),)
+    rules = (ConvSwish(), ConvActivation())
 
 
 @register

@@ -5,12 +5,14 @@ from __future__ import annotations
 import onnx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from onnx import parser
 
 from optgraph import ir
 from optgraph.passes import fuse_conv_act
-from optgraph.passes.testing import assert_equivalent, check_pass, models
+from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, assert_same_structure, rewrite_text
+from optgraph.passes.testing.strategies import DrawFn, GraphBuilder, conv
 
 NEWEST = onnx.defs.onnx_opset_version()
 ORT_NEWEST = 26
@@ -30,15 +32,36 @@ def test_golden_one_function_per_signature() -> None:
           u = Relu(c3)
         }}""", FUSED_HEADER + f"""
         g (float[1,2,4,4] x) => (float[1,2,4,4] y, float[1,2,4,4] z, float[1,2,4,4] u) <{WEIGHTS}> {{
-          y = optgraph.ConvRelu_d01c8919(x, w, b)
-          z = optgraph.ConvLeakyRelu_d10fac49(x, w)
-          u = optgraph.ConvRelu_d01c8919(y, w, b)
+          y = optgraph.ConvRelu_7ea5a5dd(x, w, b)
+          z = optgraph.ConvLeakyRelu_ce33da86(x, w)
+          u = optgraph.ConvRelu_7ea5a5dd(y, w, b)
         }}
         <domain: "optgraph", opset_import: ["" : 17]>
-        ConvRelu_d01c8919 (X, W, B) => (Y) {{ c = Conv(X, W, B)  Y = Relu(c) }}
+        ConvRelu_7ea5a5dd (X, W, B) => (Y) {{ c = Conv(X, W, B)  Y = Relu(c) }}
         <domain: "optgraph", opset_import: ["" : 17]>
-        ConvLeakyRelu_d10fac49 (X, W) => (Y) {{ c = Conv(X, W)  Y = LeakyRelu<alpha=0.2>(c) }}""")
+        ConvLeakyRelu_ce33da86 (X, W) => (Y) {{ c = Conv(X, W)  Y = LeakyRelu<alpha=0.2>(c) }}""")
     assert report.totals() == {"conv-act": 3}
+
+
+def test_swish_in_either_operand_order() -> None:
+    text = HEADER + f"""
+        g (float[1,2,4,4] x) => (float[1,2,4,4] y, float[1,2,4,4] z) <{WEIGHTS}> {{
+          c1 = Conv(x, w, b)
+          s1 = Sigmoid(c1)
+          y = Mul(c1, s1)
+          c2 = Conv(y, w, b)
+          s2 = Sigmoid(c2)
+          z = Mul(s2, c2)
+        }}"""
+    out, report = rewrite_text("fuse-conv-act", text)
+    assert report.totals() == {"conv-swish": 2}
+    assert len(out.functions) == 2  # one per operand order: the bodies are the original ops
+    assert all([n.op_type for n in fn.node] == ["Conv", "Sigmoid", "Mul"] for fn in out.functions)
+    assert [n.domain for n in out.graph.node] == ["optgraph"] * 2
+    assert_equivalent(parser.parse_model(text), out)
+    used_twice = text.replace("float[1,2,4,4] z)", "float[1,2,4,4] z, float[1,2,4,4] s2)")
+    _, report = rewrite_text("fuse-conv-act", used_twice)
+    assert report.totals() == {"conv-swish": 1}  # s2 is a graph output: the second unit stays
 
 
 def test_clip_bounds_become_constants_of_the_body() -> None:
@@ -118,21 +141,32 @@ def test_tensorrt_parses_and_builds_the_fused_model(tmp_path) -> None:  # type: 
           c = Conv<pads=[0,0,0,0], strides=[1,1]>(x, w, b)
           r = Clip(c, lo, hi)
           c2 = Conv(r, w)
-          y = LeakyRelu<alpha=0.1>(c2)
+          l = LeakyRelu<alpha=0.1>(c2)
+          c3 = Conv(l, w, b)
+          s = Sigmoid(c3)
+          y = Mul(c3, s)
         }}"""
-    fused, _ = rewrite_text("fuse-conv-act", text)
+    fused, report = rewrite_text("fuse-conv-act", text)
+    assert report.totals() == {"conv-act": 2, "conv-swish": 1}
     path = tmp_path / "fused.onnx"
     onnx.save(fused, path)
     parsed = tensorrt.parse(str(path))
     assert parsed.ok, parsed.errors
-    assert parsed.num_layers >= 4  # the parser inlined the functions into plain layers
+    assert parsed.num_layers >= 7  # the parser inlined the functions into plain layers
     assert tensorrt.build(str(path)).ok
 
 
 # ------------------------------------------------------------------------------------------------
 # random graphs
 
-STRATEGY = models(motifs=["conv_act", "conv_bn_act", "graph_output_inside", "parallel_convs", "shared_weights"],
+def conv_swish(draw: DrawFn, b: GraphBuilder, v: str) -> str:
+    y = conv(draw, b, v)
+    s = b.op("Sigmoid", [y])
+    return b.op("Mul", [y, s] if draw(st.booleans()) else [s, y])
+
+
+STRATEGY = models(motifs={**{k: MOTIFS[k] for k in ("conv_act", "conv_bn_act", "graph_output_inside",
+                                                     "parallel_convs", "shared_weights")}, "conv_swish": conv_swish},
                   ops=["conv", "activation", "binary"], opsets=range(11, ORT_NEWEST + 1), max_nodes=20)
 
 
@@ -153,8 +187,8 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
     if broken == "activation_attributes_dropped":
         real = fuse_conv_act.fused_function
 
-        def wrong(model, conv, act, bias):  # type: ignore[no-untyped-def]
-            name = real(model, conv, act, bias)
+        def wrong(model, conv, tail, bias):  # type: ignore[no-untyped-def]
+            name = real(model, conv, tail, bias)
             *_, body_act = model.functions[("optgraph", name, "")].graph
             for key in list(body_act.attrs):
                 body_act.del_attr(key)
