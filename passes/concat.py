@@ -189,6 +189,16 @@ def concat_pieces(concat: ir.Node) -> tuple[int, dict[tuple[int, int], int]] | N
     return axis, pieces
 
 
+def concat_read_by(node: ir.Node) -> ir.Node | None:
+    """The Concat (of this graph) producing ``node``'s first input, if that is what produces it."""
+    data = node.inputs[0]
+    concat = data.producer if data is not None else None
+    if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") \
+            or concat.graph is not node.graph:
+        return None
+    return concat
+
+
 class CancelSplit(Rule):
     """Split(Concat(a, b, c)) into the same pieces -> a, b, c."""
 
@@ -197,9 +207,8 @@ class CancelSplit(Rule):
     root_ops = ("Split",)
 
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
-        data = node.inputs[0]
-        concat = data.producer if data is not None else None
-        if concat is None or concat.op_type != "Concat" or concat.graph is not node.graph:
+        concat = concat_read_by(node)
+        if concat is None:
             return MatchResult.fail(f"{describe(node)} does not read a Concat")
         found = env.once(concat_pieces, concat)
         if found is None or found[0] != axis_of(node):
@@ -222,9 +231,8 @@ class CancelSlice(Rule):
     root_ops = ("Slice",)
 
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
-        data = node.inputs[0]
-        concat = data.producer if data is not None else None
-        if concat is None or concat.op_type != "Concat" or concat.graph is not node.graph:
+        concat = concat_read_by(node)
+        if concat is None:
             return MatchResult.fail(f"{describe(node)} does not read a Concat")
         found = env.once(concat_pieces, concat)
         params = ops.slice_params(node, env.model.opset())

@@ -25,7 +25,8 @@ import numpy as np
 
 from optgraph import ir
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
-from optgraph.passes.pattern import Match, RewritePass, Rewriter, Rule, Var, op, rewrite_graphs
+from optgraph.passes.pattern import Match, RewritePass, Rewriter, Rule, Var, op
+from optgraph.passes.shapes import main_graphs
 from optgraph.passes.registry import register
 
 FUSED_DOMAIN = "optgraph"
@@ -155,7 +156,7 @@ class InlineFused(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
-        for graph in list(rewrite_graphs(model)):
+        for graph in list(main_graphs(model)):
             for node in graph:
                 fn = model.functions.get((node.domain, node.op_type, node.overload))
                 if fn is not None and node.domain == FUSED_DOMAIN:

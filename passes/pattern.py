@@ -27,7 +27,7 @@ nodes around each rewrite (a worklist seeded by op type, never a rescan of the g
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ import numpy as np
 from optgraph import ir
 from optgraph.passes.base import Pass, PassContext, PassResult
 from optgraph.passes.dce import removable
+from optgraph.passes.shapes import main_graphs
 
 # Binary ops whose two operands may be swapped; a pattern on them also matches the swapped order.
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal",
@@ -293,6 +294,11 @@ class Rule:
         assert self.pattern is not None, f"rule '{self.name}' needs a pattern or its own root_ops and match"
         return self.pattern.op_types
 
+    @property
+    def root_domain(self) -> str:
+        """The domain of those op types ("" is the default ONNX domain)."""
+        return self.pattern.domain if self.pattern is not None else ""
+
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
         assert self.pattern is not None
         return match_pattern(self.pattern, node)
@@ -394,16 +400,6 @@ def safety(m: Match) -> MatchResult:
     return MatchResult.OK
 
 
-def rewrite_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    """The main graph and the subgraphs nested in it (function bodies are left as they are)."""
-    stack = [model.graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g:
-            stack.extend(reversed(node.subgraphs()))
-
-
 def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0,
                 trace: list[str] | None = None) -> Counter[str]:
     """Apply ``rules`` until none matches; returns rewrite counts per rule name.
@@ -413,30 +409,34 @@ def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0
     rule, where, and which constraint failed.
     """
     stats: Counter[str] = Counter()
-    by_op: dict[str, list[Rule]] = {}
+    by_op: dict[tuple[str, str], list[Rule]] = {}
     for rule in sorted(rules, key=lambda r: -r.benefit):
         for op_type in rule.root_ops:
-            by_op.setdefault(op_type, []).append(rule)
+            by_op.setdefault((rule.root_domain, op_type), []).append(rule)
     if by_op:
-        for graph in list(rewrite_graphs(model)):
+        for graph in list(main_graphs(model)):  # function bodies are left as they are
             _run_worklist(model, graph, by_op, max_rewrites or 4 * len(graph) + 100, stats, trace)
     return stats
 
 
-def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[str, list[Rule]], cap: int,
+def _key(node: ir.Node) -> tuple[str, str]:
+    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
+
+
+def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str], list[Rule]], cap: int,
                   stats: Counter[str], trace: list[str] | None) -> None:
     env = Env(model, graph)
     queue: deque[ir.Node] = deque()
     queued: set[int] = set()
     for i, node in enumerate(graph):
         env._position[id(node)] = float(i)
-        if node.op_type in by_op:
+        if _key(node) in by_op:
             queue.append(node)
             queued.add(id(node))
     rewrites = 0
 
     def push(node: ir.Node | None) -> None:
-        if node is not None and node.graph is graph and node.op_type in by_op and id(node) not in queued:
+        if node is not None and node.graph is graph and _key(node) in by_op and id(node) not in queued:
             queue.append(node)
             queued.add(id(node))
 
@@ -445,7 +445,7 @@ def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[str, list[Rule]]
         queued.discard(id(node))
         if node.graph is not graph:
             continue  # removed by an earlier rewrite
-        for rule in by_op[node.op_type]:
+        for rule in by_op[_key(node)]:
             m = rule.match(node, env)
             verdict = m if isinstance(m, MatchResult) else (safety(m) and rule.check(m))
             if not verdict:
@@ -565,5 +565,5 @@ class RewritePass(Pass):
 
 __all__ = [
     "COMMUTATIVE", "Env", "Match", "MatchResult", "OpPattern", "RewritePass", "Rewriter", "Rule", "Var",
-    "apply_rules", "describe", "drop_dead", "match_pattern", "op", "rewrite_graphs", "safety",
+    "apply_rules", "describe", "drop_dead", "match_pattern", "op", "safety",
 ]

@@ -317,3 +317,15 @@ def test_the_pass_author_guide_example(monkeypatch: pytest.MonkeyPatch) -> None:
         }'''
     report = assert_rewrites_to("merge-scales{trace=true}", refused, refused)
     assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["trace"]["merge-scales"]
+
+
+def test_ops_of_other_domains_are_not_candidates() -> None:
+    model = ir.from_proto(parser.parse_model('<ir_version: 8, opset_import: ["" : 17, "acme" : 1]>' + """
+        g (float[2] x) => (float[2] y, float[2] z) {
+          a = acme.Neg(x)
+          y = acme.Neg(a)
+          b = Neg(x)
+          z = Neg(b)
+        }"""))
+    assert apply_rules(model, [DoubleNeg()]) == {"double-neg": 1}
+    assert [n.domain for n in model.graph] == ["acme", "acme", ""]
