@@ -113,7 +113,8 @@ class _Horizontal(Rule):
             tails = []
         ends = [t for t in tails if t is not None] or branches
         acts = [single_consumer(e.output) for e in ends]
-        act_keys = {activation_key(a) if a is not None and a.op_type in ACTIVATIONS else None for a in acts}
+        act_keys = {activation_key(a) if a is not None and a.op_type in ACTIVATIONS and a.inputs[0] is e.output
+                    else None for a, e in zip(acts, ends)}
         if None in act_keys or len(act_keys) != 1:
             acts = []
         ends = [a for a in acts if a is not None] or ends
