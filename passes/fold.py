@@ -249,7 +249,7 @@ def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | N
     The node goes in a one-node model carrying the opset imports: given a bare NodeProto the
     evaluator would run the op's newest version, whatever the model's opset says.
     """
-    proto = node._proto if node._proto is not None else _node_proto(node)
+    proto = _node_proto(node)
     graph = onnx.GraphProto(name="fold", node=[proto])
     graph.input.extend(onnx.ValueInfoProto(name=name) for name in proto.input if name)
     graph.output.extend(onnx.ValueInfoProto(name=name) for name in proto.output if name)

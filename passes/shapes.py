@@ -20,8 +20,14 @@ import onnx
 
 from optgraph import ir
 from optgraph.ir.core import Shape
+from optgraph.ir.order import outer_inputs
+from optgraph.ir.serde import _function_proto, _node_proto
 from optgraph.passes.base import Analysis, Pass, PassContext, PassResult
 from optgraph.passes.registry import register
+
+PARTIAL_FRACTION = 4
+"""Re-infer only the producers of the values missing a type when they are fewer than a quarter of
+the nodes; otherwise infer the whole model."""
 
 SMALL_CONSTANT = 1024
 """Initializers up to this many elements are sent to inference with their data (data propagation
@@ -50,17 +56,19 @@ def infer_shapes(model: ir.Model) -> ShapeInfo:
     """Run onnx's shape inference on ``model`` and merge the result into its values (in place).
 
     Skipped when every value already has a dtype and fully known dims: there is nothing to learn,
-    and rewrites keep types known (``Graph.replace_value`` passes them on), so re-inference after
-    a rewrite usually costs one scan.
+    and rewrites keep types known (``Graph.replace_value`` passes them on). When only a few values
+    are missing something (new nodes a rewrite made), only their producers go to onnx.
     """
-    values, symbols = _values_and_symbols(model)
-    if all(_complete(v) for v in values.values()):
+    values = _values(model)
+    missing = [v for v in values.values() if not _complete(v)]
+    if not missing:
         return ShapeInfo(0)
     try:
-        inferred = onnx.shape_inference.infer_shapes(_inference_proto(model), check_type=False,
-                                                     strict_mode=False, data_prop=True)
+        proto = _partial_proto(model, missing) or _inference_proto(model)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # onnx refuses some models outright (e.g. past 2 GB); keep what we know
         return ShapeInfo(0, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+    symbols = _symbols(model)
     parsed: dict[bytes, tuple[int, Shape | None] | None] = {}  # many values share one type
     typed = 0
     for vi in _value_infos(inferred.graph):
@@ -97,29 +105,73 @@ def _inference_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def _values_and_symbols(model: ir.Model) -> tuple[dict[str, ir.Value], set[str]]:
-    """Values of the main graph and its subgraphs by name, and every dim_param the IR holds."""
+def _partial_proto(model: ir.Model, missing: list[ir.Value]) -> onnx.ModelProto | None:
+    """A model of just the main-graph nodes producing ``missing`` values, with what they read
+    declared by type (small constants with their data), plus the integer shape computations
+    feeding them so data propagation still sees shape values. None when a full run is better:
+    many values missing, or some inside subgraphs."""
+    graph = model.graph
+    if len(missing) * PARTIAL_FRACTION > len(graph) or any(v.graph is not graph or v.producer is None
+                                                          for v in missing):
+        return None
+    chosen: dict[int, ir.Node] = {}
+    stack = [v.producer for v in missing]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in chosen:
+            continue
+        chosen[id(node)] = node
+        for w in node.inputs:  # shape tensors (int64) and constants: their producers come too
+            if w is not None and w.producer is not None and w.producer.graph is graph and \
+                    (w.dtype in (0, onnx.TensorProto.INT64) or w.producer.op_type == "Constant"):
+                stack.append(w.producer)
+    nodes = [n for n in graph if id(n) in chosen]
+    produced = {v.name for n in nodes for v in n.outputs if v is not None}
+    gp = onnx.GraphProto(name=graph.name, node=[_node_proto(n) for n in nodes])
+    declared: set[str] = set()
+    for n in nodes:
+        for w in [*n.inputs, *outer_inputs(n)]:
+            if w is None or w.name in produced or w.name in declared:
+                continue
+            declared.add(w.name)
+            if w.const is not None and not w.is_graph_input and w.const.size <= SMALL_CONSTANT \
+                    and not w.const.is_external:
+                gp.initializer.append(w.const.to_proto(w.name))
+            elif w.type_proto is not None:
+                gp.input.add(name=w.name).type.CopyFrom(w.type_proto)
+            else:
+                gp.input.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, w.shape))
+    gp.output.extend(onnx.ValueInfoProto(name=v.name) for v in missing)
+    proto = onnx.ModelProto(ir_version=model.ir_version, graph=gp)
+    for domain, version in model.opset_imports.items():
+        proto.opset_import.add(domain=domain, version=version)
+    proto.functions.extend(_function_proto(f) for f in model.functions.values())
+    return proto
+
+
+def _values(model: ir.Model) -> dict[str, ir.Value]:
+    """Values inference may fill in, by name: node outputs of the main graph and its subgraphs
+    (not the main graph's outputs), and subgraph inputs."""
     values: dict[str, ir.Value] = {}
-    symbols: set[str] = set()
     for g in main_graphs(model):
         pinned = g is model.graph
-        for v in g.inputs:
-            if v.shape is not None:
-                symbols.update(d for d in v.shape if isinstance(d, str))
-            if not pinned:
-                values[v.name] = v
-        for v in g.outputs:
-            if v.shape is not None:
-                symbols.update(d for d in v.shape if isinstance(d, str))
+        if not pinned:
+            values.update((v.name, v) for v in g.inputs)
         for node in g:
             for v in node.outputs:
-                if v is None:
-                    continue
-                if v.shape is not None:
-                    symbols.update(d for d in v.shape if isinstance(d, str))
-                if not (pinned and v.is_graph_output):
+                if v is not None and not (pinned and v.is_graph_output):
                     values[v.name] = v
-    return values, symbols
+    return values
+
+
+def _symbols(model: ir.Model) -> set[str]:
+    """Every dim_param the IR holds: the only symbols an inferred shape may keep."""
+    symbols: set[str] = set()
+    for g in main_graphs(model):
+        for v in [*g.inputs, *g.outputs, *(o for n in g for o in n.outputs if o is not None)]:
+            if v.shape is not None:
+                symbols.update(d for d in v.shape if isinstance(d, str))
+    return symbols
 
 
 def main_graphs(model: ir.Model) -> Iterator[ir.Graph]:

@@ -140,3 +140,33 @@ def test_broken_merge_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shapes, "_merge", overwriting)
     with pytest.raises(AssertionError):
         test_known_dims_are_never_overwritten()
+
+
+def test_few_missing_types_are_inferred_from_their_producers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a rewrite only the new values lack types: onnx sees just their producers (and the
+    shape computations feeding them, so data propagation still gives the Reshape's dims)."""
+    body = "  ".join(f"r{i} = Relu(r{i - 1})" for i in range(1, 12))
+    model = load(f"""g (float[N, 3, 4] x) => (float[N, 12] y) {{
+        r0 = Relu(x)
+        {body}
+        s = Shape(r11)
+        i = Constant <value = int64[1] {{0}}> ()
+        b = Gather <axis = 0> (s, i)
+        m = Constant <value = int64[1] {{12}}> ()
+        t = Concat <axis = 0> (b, m)
+        z = Reshape(r11, t)
+        y = Identity(z)
+    }}""")
+    infer(model)
+    g = model.graph
+    reshape = next(n for n in g if n.op_type == "Reshape")
+    new = g.make_node("Neg", [reshape.output], before=next(n for n in g if n.op_type == "Identity")).output
+    reshape.output.shape = None  # as if a rewrite had made it anew
+
+    def no_full_run(m: ir.Model) -> onnx.ModelProto:
+        raise AssertionError("the whole model was sent to inference")
+
+    monkeypatch.setattr(shapes, "_inference_proto", no_full_run)
+    info = infer(model)
+    assert not info.error, info.error
+    assert new.shape == ("N", 12) and reshape.output.shape == ("N", 12)
