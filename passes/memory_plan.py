@@ -1,6 +1,6 @@
 """Activation memory planning: every activation gets an offset in one arena.
 
-Tensors that are never live at the same step may share bytes. On top of lifetimes, two kinds of
+Tensors that are never live at the same step may share bytes. On top of lifetimes, three kinds of
 reuse are planned and recorded as explicit alias records:
 
 - **in-place**: an elementwise op (Relu, Add, BatchNormalization, ...) writes its output over an
@@ -9,7 +9,8 @@ reuse are planned and recorded as explicit alias records:
   the axis is 1, e.g. a channel concat at batch 1 in NCHW), the producers write straight into
   the output and the Concat neither copies nor needs memory of its own. A concat whose inputs
   start with all the inputs of an earlier concat (DenseNet re-concatenates every earlier feature
-  at each layer) takes that concat as its prefix, so a block's features are laid out once.
+  at each layer) takes that concat as its prefix, so a block's features are laid out once;
+- **split**: the mirror case: a Split's outputs are views of their slices of its input.
 
 A tensor and everything aliased into it form a *group* that the planner places as a unit. Each
 byte range of a group is reserved from the first to the last step any tensor covering it is
@@ -38,7 +39,8 @@ import onnx
 from optgraph import ir
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.base import Pass, PassContext, PassResult
-from optgraph.passes.liveness import Liveness, TensorInfo, TensorInfos, is_activation, live_profile, liveness
+from optgraph.passes.liveness import (Liveness, TensorInfo, TensorInfos, is_activation, live_profile, liveness,
+                                      tensor_infos)
 from optgraph.passes.registry import register
 
 STRATEGIES = ("greedy-size", "greedy-breadth")
@@ -96,7 +98,7 @@ class MemoryPlan:
     lower_bound: int
     file_order_lower_bound: int
     strategy: str
-    order: str
+    order: str  # where the schedule comes from: "file", or "memory" when that order has a lower peak
     alignment: int
     strategies: dict[str, int] = field(default_factory=dict)  # arena size each strategy reaches
     dims: dict[str, int] = field(default_factory=dict)
@@ -113,6 +115,7 @@ class MemoryPlan:
             "tensors": len(self.placements), "aliases": len(self.aliases),
             "inplace_aliases": sum(a.kind == "inplace" for a in self.aliases),
             "concat_aliases": sum(a.kind == "concat" for a in self.aliases),
+            "split_aliases": sum(a.kind == "split" for a in self.aliases),
             "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
             "constant_bytes": self.constant_bytes,
         }
@@ -133,10 +136,14 @@ class MemoryPlan:
         return data
 
     @classmethod
-    def from_json(cls, model: ir.Model, data: Mapping[str, Any], infos: Mapping[ir.Value, TensorInfo]) -> MemoryPlan:
-        """Read a plan written by ``to_json`` back onto ``model`` (the same graph it was made for)."""
+    def from_json(cls, model: ir.Model, data: Mapping[str, Any],
+                  infos: Mapping[ir.Value, TensorInfo] | None = None) -> MemoryPlan:
+        """Read a plan written by ``to_json`` back onto ``model`` (the same graph it was made for);
+        sizes are worked out again with the plan's dims unless ``infos`` gives them."""
         if data.get("format") != "optgraph-memory-plan" or data.get("version") != 1:
             raise PlanError("not an optgraph memory plan (version 1)")
+        if infos is None:
+            infos = tensor_infos(model, data.get("dims"))
         nodes = list(model.graph)
         values = {v.name: v for n in nodes for v in n.outputs if v is not None}
         try:
@@ -163,21 +170,29 @@ def _is_onnx(node: ir.Node, op: str) -> bool:
     return node.op_type == op and node.domain in ("", "ai.onnx")
 
 
-def contiguous_concat(node: ir.Node, infos: Mapping[ir.Value, TensorInfo]) -> bool:
-    """True when the Concat's output is its inputs' bytes one after another (dims before the axis are 1)."""
-    out = node.outputs[0]
-    if not _is_onnx(node, "Concat") or out is None or out not in infos:
+def _contiguous(node: ir.Node, op: str, whole: ir.Value | None, infos: Mapping[ir.Value, TensorInfo]) -> bool:
+    if not _is_onnx(node, op) or whole is None or whole not in infos:
         return False
-    shape = infos[out].shape
+    shape = infos[whole].shape
     axis = node.attr("axis", 0)
     axis = axis + len(shape) if axis < 0 else axis
     return 0 <= axis < len(shape) and all(d == 1 for d in shape[:axis])
 
 
-def _offsets(node: ir.Node, infos: Mapping[ir.Value, TensorInfo]) -> list[int]:
-    """Byte offset of each input's slice in a contiguous Concat's output."""
+def contiguous_concat(node: ir.Node, infos: Mapping[ir.Value, TensorInfo]) -> bool:
+    """True when the Concat's output is its inputs' bytes one after another (dims before the axis are 1)."""
+    return _contiguous(node, "Concat", node.outputs[0] if node.outputs else None, infos)
+
+
+def contiguous_split(node: ir.Node, infos: Mapping[ir.Value, TensorInfo]) -> bool:
+    """True when the Split's outputs are its input's bytes one after another (dims before the axis are 1)."""
+    return _contiguous(node, "Split", node.inputs[0] if node.inputs else None, infos)
+
+
+def _offsets(parts: Sequence[ir.Value | None], infos: Mapping[ir.Value, TensorInfo]) -> list[int]:
+    """Byte offset of each part (a Concat's inputs, a Split's outputs) in the whole they tile."""
     offsets, at = [], 0
-    for v in node.inputs:
+    for v in parts:
         offsets.append(at)
         at += infos[v].nbytes if v is not None else 0
     return offsets
@@ -208,7 +223,7 @@ def concat_aliases(graph: ir.Graph, infos: Mapping[ir.Value, TensorInfo], activa
         if out not in activations or not contiguous_concat(node, infos):
             continue
         inputs = node.inputs
-        offsets = _offsets(node, infos)
+        offsets = _offsets(inputs, infos)
         first = 0
         if inputs[0] is not None and inputs[0] in parent:
             prev = _find(inputs[0], up)
@@ -228,18 +243,51 @@ def concat_aliases(graph: ir.Graph, infos: Mapping[ir.Value, TensorInfo], activa
             complete.add(out)
 
 
+def split_aliases(graph: ir.Graph, infos: Mapping[ir.Value, TensorInfo], activations: Mapping[ir.Value, Any],
+                  parent: dict[ir.Value, Alias]) -> None:
+    """Let contiguous Splits' outputs be views of their input (records go into ``parent``).
+
+    An output already written into a concat stays there (the Split copies it); graph outputs
+    and a Split of a graph input or initializer get buffers of their own. So does a Split of a
+    concat whose inputs were written into it: a view would share bytes with those inputs while
+    both are live, which is sound (same data) but not a containment the plan can state.
+    """
+    holds = {a.into for a in parent.values() if a.kind == "concat"}
+    for node in graph:
+        whole = node.inputs[0] if node.inputs else None
+        if whole not in activations or whole in holds or not contiguous_split(node, infos):
+            continue
+        for v, offset in zip(node.outputs, _offsets(node.outputs, infos)):
+            if v is not None and v in activations and v not in parent:
+                parent[v] = Alias(v, whole, offset, "split")
+
+
+def _subtree_ends(tensors: Mapping[ir.Value, Any], parent: Mapping[ir.Value, Alias]) -> dict[ir.Value, int]:
+    """For each tensor, the last step it or anything aliased into it (at any depth) is read."""
+    children: dict[ir.Value, list[ir.Value]] = defaultdict(list)
+    for v, a in parent.items():
+        children[a.into].append(v)
+    end = {v: t.end for v, t in tensors.items()}
+    for top in [v for v in tensors if v not in parent]:
+        stack, order = [top], []
+        while stack:
+            v = stack.pop()
+            order.append(v)
+            stack.extend(children[v])
+        for v in reversed(order):  # children before their container
+            if v in parent:
+                end[parent[v].into] = max(end[parent[v].into], end[v])
+    return end
+
+
 def inplace_aliases(live: Liveness, infos: Mapping[ir.Value, TensorInfo], parent: dict[ir.Value, Alias]) -> None:
     """Let elementwise ops write over an input that dies there (records go into ``parent``).
 
     The input must not sit inside another tensor, and nothing aliased into it may outlive the
-    op (a concat's input can be read after the concat).
+    op (a concat's input can be read after the concat, a split's outputs after the split).
     """
     tensors = live.tensors
-    subtree_end = {v: t.end for v, t in tensors.items()}
-    for v in tensors:  # production order: a tensor is finished before its container is visited
-        if v in parent:
-            into = parent[v].into
-            subtree_end[into] = max(subtree_end[into], subtree_end[v])
+    subtree_end = _subtree_ends(tensors, parent)
     for step, node in enumerate(live.schedule):
         if node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
@@ -530,11 +578,13 @@ class _Layout:
 
 
 def _layout(model: ir.Model, schedule: list[ir.Node], infos: Mapping[ir.Value, TensorInfo], *,
-            inplace: bool, concat: bool) -> _Layout:
+            inplace: bool, concat: bool, split: bool) -> _Layout:
     live = liveness(model, schedule, infos)
     parent: dict[ir.Value, Alias] = {}
     if concat:
         concat_aliases(model.graph, infos, live.tensors, parent)
+    if split:
+        split_aliases(model.graph, infos, live.tensors, parent)
     if inplace:
         inplace_aliases(live, infos, parent)
     groups, where = _groups(live, parent)
@@ -544,7 +594,7 @@ def _layout(model: ir.Model, schedule: list[ir.Node], infos: Mapping[ir.Value, T
 
 def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strategy: str = "greedy-breadth",
                 order: str = "file", alignment: int = 256, inplace: bool = True, concat: bool = True,
-                dims: Mapping[str, int] | None = None) -> MemoryPlan:
+                split: bool = True, dims: Mapping[str, int] | None = None) -> MemoryPlan:
     """Plan the main graph's activations into one arena.
 
     ``order="memory"`` runs the nodes in ``memory_order`` when that lowers the lower bound, and
@@ -556,11 +606,13 @@ def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strate
         raise PlanError(f"unknown order '{order}' (orders: {', '.join(ORDERS)})")
     if alignment < 1:
         raise PlanError(f"alignment must be at least 1, got {alignment}")
-    file_layout = layout = _layout(model, list(model.graph), infos, inplace=inplace, concat=concat)
+    file_layout = layout = _layout(model, list(model.graph), infos, inplace=inplace, concat=concat, split=split)
+    used = "file"
     if order == "memory":
-        other = _layout(model, memory_order(model, infos), infos, inplace=inplace, concat=concat)
+        other = _layout(model, memory_order(model, infos), infos, inplace=inplace, concat=concat,
+                        split=split)
         if other.lower_bound < layout.lower_bound:
-            layout = other
+            layout, used = other, "memory"
     live = layout.live
     n_steps = len(live.schedule)
     arenas = {}
@@ -579,7 +631,7 @@ def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strate
         list(live.schedule), placements, aliases, infos, arenas[strategy],
         naive_size=sum(_align(t.nbytes, alignment) for t in live.tensors.values()),
         lower_bound=layout.lower_bound, file_order_lower_bound=file_layout.live.lower_bound, strategy=strategy,
-        order=order, alignment=alignment, strategies=arenas, dims=dict(dims or {}),
+        order=used, alignment=alignment, strategies=arenas, dims=dict(dims or {}),
         input_bytes=live.input_bytes, output_bytes=live.output_bytes, constant_bytes=live.constant_bytes)
 
 
@@ -636,10 +688,15 @@ def _bad_alias(a: Alias, P: Mapping[ir.Value, Placement], truth: Mapping[ir.Valu
         ok = (node.op_type in ELEMENTWISE and a.value in node.inputs and pv.end == pi.start and a.offset == 0
               and pv.nbytes == pi.nbytes and infos[a.value].dtype == infos[a.into].dtype)
         return "" if ok else "only an elementwise op may write over a same-sized input that dies there"
+    if a.kind == "split":
+        split = a.value.producer
+        ok = (split is not None and contiguous_split(split, infos) and split.inputs[0] is a.into
+              and any(v is a.value and at == a.offset for v, at in zip(split.outputs, _offsets(split.outputs, infos))))
+        return "" if ok else "it is not an output of a contiguous Split of that tensor at that offset"
     if a.kind == "concat":
         if not contiguous_concat(node, infos):
             return "the concat's inputs are not contiguous slices of its output"
-        offsets = _offsets(node, infos)
+        offsets = _offsets(node.inputs, infos)
         if any(v is a.value and at == a.offset for v, at in zip(node.inputs, offsets)):
             return ""
         prev = a.value.producer
@@ -698,7 +755,7 @@ def format_plan(plan: MemoryPlan) -> str:
     mib = 1 << 20
     lines = [f"schedule: {plan.order} order, {len(plan.schedule)} steps; {len(plan.placements)} activations; "
              f"aliases: {sum(a.kind == 'inplace' for a in plan.aliases)} in-place, "
-             f"{sum(a.kind == 'concat' for a in plan.aliases)} concat",
+             f"{sum(a.kind == 'concat' for a in plan.aliases)} concat, {sum(a.kind == 'split' for a in plan.aliases)} split",
              f"naive (one buffer each): {plan.naive_size / mib:10.3f} MiB",
              f"lower bound, file order: {plan.file_order_lower_bound / mib:10.3f} MiB  (no aliasing)",
              f"lower bound, this plan:  {plan.lower_bound / mib:10.3f} MiB"]
@@ -720,7 +777,7 @@ def plot_plan(plan: MemoryPlan, path: str) -> None:
     from matplotlib.collections import PolyCollection
 
     aliased = {a.value: a.kind for a in plan.aliases}
-    colors = {"concat": "tab:orange", "inplace": "tab:green", None: "tab:blue"}
+    colors = {"concat": "tab:orange", "inplace": "tab:green", "split": "tab:purple", None: "tab:blue"}
     mib = 1 << 20
     polys, fills = [], []
     for p in plan.placements.values():
@@ -736,7 +793,7 @@ def plot_plan(plan: MemoryPlan, path: str) -> None:
     ax.set_ylim(0, max(plan.arena_size / mib, 1e-6) * 1.05)
     ax.set_xlabel(f"step ({plan.order} order)")
     ax.set_ylabel("arena offset (MiB)")
-    ax.set_title(f"{plan.strategy}: blue own buffer, green in-place, orange written into a concat")
+    ax.set_title(f"{plan.strategy}: blue own buffer, green in-place, orange inside a concat, purple a split view")
     ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -760,6 +817,7 @@ class PlanMemory(Pass):
         alignment: int = 256
         inplace: bool = True
         concat: bool = True
+        split: bool = True
         attach: bool = False  # store the plan's JSON in the model's metadata (optgraph.memory_plan)
 
         def __post_init__(self) -> None:  # bad values fail when the pipeline is parsed
@@ -773,7 +831,7 @@ class PlanMemory(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         o = self.options
         plan = plan_memory(model, ctx.get(TensorInfos), strategy=o.strategy, order=o.order, alignment=o.alignment,
-                           inplace=o.inplace, concat=o.concat, dims=ctx.dims)
+                           inplace=o.inplace, concat=o.concat, split=o.split, dims=ctx.dims)
         ctx.results[self.name] = plan.summary()
         if o.attach:
             model.metadata_props[METADATA_KEY] = json.dumps(plan.to_json(), separators=(",", ":"))

@@ -232,7 +232,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ctx = PassContext(dims=_dims(args.dim))
     PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
     plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order, alignment=args.alignment,
-                       inplace=not args.no_inplace, concat=not args.no_concat, dims=ctx.dims)
+                       inplace=not args.no_inplace, concat=not args.no_concat, split=not args.no_split, dims=ctx.dims)
     print(format_plan(plan))
     if args.json:
         _write_json(args.json, plan.to_json())
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--alignment", type=int, default=256, help="byte alignment of each buffer (default 256)")
     plan.add_argument("--no-inplace", action="store_true", help="no in-place aliases")
     plan.add_argument("--no-concat", action="store_true", help="no concat aliases")
+    plan.add_argument("--no-split", action="store_true", help="no split aliases")
     plan.add_argument("--passes", default="none", help="run this pipeline first (e.g. fuse); default: none")
     plan.add_argument("--check", action="store_true",
                       help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")

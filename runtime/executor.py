@@ -3,7 +3,8 @@
 Every activation lives in one preallocated byte arena at the offset the plan gives it: each
 node reads its inputs from there and its outputs are written there, so an in-place alias really
 overwrites the input and a Concat whose inputs were written into its output copies nothing
-(only inputs the plan did not alias are copied into their slices). Whenever the plan says a
+(only inputs the plan did not alias are copied into their slices), and a Split's outputs that the
+plan makes views of its input are not written at all. Whenever the plan says a
 tensor's last reader has run, the bytes no live tensor still covers are *poisoned* (0xFF, a NaN
 in every float type). A plan that lets a live tensor be overwritten, frees one too early or
 aliases wrongly therefore produces wrong outputs instead of lucky right ones, and
@@ -153,6 +154,7 @@ class ArenaExecutor:
         index = {id(n): i for i, n in enumerate(model.graph)}
         self.kernels = [_kernel(n, proto.graph.node[index[id(n)]], proto) for n in plan.schedule]
         self.parent = {a.value: (a.into, a.offset) for a in plan.aliases}
+        self.views = {a.value for a in plan.aliases if a.kind == "split"}  # never written: they are their input
         self.constants = {v.name: v.const.numpy() for v in model.graph.initializers.values() if v.const is not None}
         self.starting: dict[int, list[Placement]] = {}
         for p in plan.placements.values():
@@ -194,9 +196,11 @@ class ArenaExecutor:
             if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and out in plan.placements and any(
                     self._offset_in(v, out) is not None for v in node.inputs if v is not None):
                 self._fill_concat(node, arena, read)
-            else:
+            elif not all(v in self.views for v in kernel.outputs):
                 results = kernel.run({v.name: read(v) for v in kernel.inputs})
                 for v, result in zip(kernel.outputs, results):
+                    if v in self.views:
+                        continue
                     p = plan.placements.get(v)
                     if p is None:
                         others[v.name] = result.copy()
