@@ -35,7 +35,7 @@ from optgraph.ir import opset as ops
 from optgraph.ir.serde import _node_proto
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import ShapeInference, main_graphs
+from optgraph.passes.shapes import main_graphs, shape_of
 
 # Ops whose output can be much larger than their inputs: evaluated only when shape inference
 # says how large the result will be.
@@ -79,7 +79,6 @@ class FoldConstants(Pass):
         folded = 0
         self._budget = self.options.size_limit
         self._ctx = ctx
-        self._shapes_ready = False
         opset = model.opset()
         opsets = {d or "": v for d, v in model.opset_imports.items()}
         for graph in main_graphs(model):  # function bodies cannot hold initializers
@@ -103,10 +102,7 @@ class FoldConstants(Pass):
     # --- shapes ---------------------------------------------------------------------------------
 
     def _shape(self, v: ir.Value) -> tuple[int | str | None, ...] | None:
-        if (v.shape is None or None in v.shape or not v.dtype) and not self._shapes_ready:
-            self._ctx.get(ShapeInference)
-            self._shapes_ready = True
-        return v.shape
+        return shape_of(v, self._ctx)
 
     def _shape_values(self, node: ir.Node, opset: int) -> list[np.ndarray] | None:
         """Shape/Size of a value with static dims, and Gather/Slice of static dims of a Shape."""

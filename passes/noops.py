@@ -21,7 +21,7 @@ from optgraph.ir import opset as ops
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import ShapeInference
+from optgraph.passes.shapes import shape_of
 
 INT64_MAX = 2**63 - 1
 
@@ -58,23 +58,14 @@ def _static(shape: Shape | None) -> bool:
 class _Finder:
     """The no-op checks; each returns the input the node's output equals, or None."""
 
-    def __init__(self, model: ir.Model, ctx: PassContext) -> None:
-        self.model = model
+    def __init__(self, ctx: PassContext) -> None:
         self.ctx = ctx
-        self._shapes_ready = False
 
     def shape(self, v: ir.Value | None) -> Shape | None:
-        """The value's shape, running shape inference the first time a check needs one."""
-        if v is None:
-            return None
-        if (v.shape is None or None in v.shape) and not self._shapes_ready:
-            self.ctx.get(ShapeInference)
-            self._shapes_ready = True
-        return v.shape
+        return None if v is None else shape_of(v, self.ctx)
 
     def dtype(self, v: ir.Value) -> int:
-        if not v.dtype:
-            self.shape(v)
+        shape_of(v, self.ctx)
         return v.dtype
 
     def find(self, node: ir.Node, opset: int) -> ir.Value | None:
@@ -218,7 +209,7 @@ class RemoveNoOps(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
-        finder = _Finder(model, ctx)
+        finder = _Finder(ctx)
         for graph, opset in ops.graphs_with_opset(model):
             for node in graph:
                 x = finder.find(node, opset)

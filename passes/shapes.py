@@ -45,6 +45,14 @@ class ShapeInfo:
     reported: bool = False
 
 
+def shape_of(v: ir.Value, ctx: PassContext) -> Shape | None:
+    """``v``'s shape, after running the shapes analysis if its dtype or a dim is not known yet
+    (the analysis is cached, so asking again costs a lookup)."""
+    if v.shape is None or None in v.shape or not v.dtype:
+        ctx.get(ShapeInference)
+    return v.shape
+
+
 class ShapeInference(Analysis[ShapeInfo]):
     name = "shapes"
 

@@ -19,7 +19,7 @@ from optgraph import ir
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import ShapeInference
+from optgraph.passes.shapes import shape_of
 
 _GLOBAL = {"AveragePool": "GlobalAveragePool", "MaxPool": "GlobalMaxPool", "LpPool": "GlobalLpPool"}
 
@@ -61,7 +61,6 @@ class TensorRTReady(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
-        shapes_ready = False
         for graph in model.all_graphs():
             for node in graph:
                 target = _GLOBAL.get(node.op_type)
@@ -69,10 +68,7 @@ class TensorRTReady(Pass):
                         or node.inputs[0] is None:
                     continue
                 x, y = node.inputs[0], node.output
-                if (x.shape is None or None in x.shape) and not shapes_ready:
-                    ctx.get(ShapeInference)
-                    shapes_ready = True
-                if not pools_whole_input(node, x.shape):
+                if not pools_whole_input(node, shape_of(x, ctx)):
                     continue
                 attrs = {"p": node.attr("p", 2)} if target == "GlobalLpPool" else {}
                 new = graph.make_node(target, [x], attrs, name=node.name or target, before=node).output
