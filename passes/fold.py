@@ -93,7 +93,7 @@ class FoldConstants(Pass):
                 else:
                     values = self._shape_values(node, opset) if node.op_type in ("Shape", "Size", "Gather", "Slice") else None
                     done = self._replace(graph, node, values, stats) if values is not None else \
-                        self._evaluate(graph, node, opsets, opset, stats)
+                        self._evaluate(graph, node, opsets, stats)
                 if done:
                     stats[f"{node.op_type}_folded"] += 1
                     folded += 1
@@ -185,8 +185,7 @@ class FoldConstants(Pass):
 
     # --- evaluating -----------------------------------------------------------------------------
 
-    def _evaluate(self, graph: ir.Graph, node: ir.Node, opsets: dict[str, int], opset: int,
-                  stats: Counter[str]) -> bool:
+    def _evaluate(self, graph: ir.Graph, node: ir.Node, opsets: dict[str, int], stats: Counter[str]) -> bool:
         consts = []
         for v in node.inputs:
             t = ir.constant_tensor(v) if v is not None else None
