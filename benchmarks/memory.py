@@ -164,7 +164,8 @@ def report(rows: list[Row], timings: list[Timing], trt_flavor: str) -> str:
               "| plan: best arena below file LB (target >= 15%) |",
               "|---|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.model} | {r.pipeline} | {best(r.bare) / r.file_lb:.3f} | {below(best(r.planned), r.file_lb)} |")
+        lines.append(f"| {r.model} | {r.pipeline} | {best(r.bare) / r.file_lb:.3f} "
+                     f"| {below(best(r.planned), r.file_lb)} |")
     lines += ["", "## Planning time", "",
               "Synthetic Inception-style chains from `benchmarks/models.py`; seconds on this machine. `sizes` is",
               "shape resolution, `file` a whole plan in file order (lifetimes, aliases, both strategies), `memory`",

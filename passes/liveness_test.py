@@ -71,7 +71,8 @@ def test_symbolic_dims_take_the_user_size_and_name_it_when_missing():
     target = b.op("Concat", [rows, b.const(np.array([-1], np.int64))], axis=0)
     b.mark_output(b.op("Relu", [b.op("Reshape", [x, target], name="flat", shape=("N", 6))]))
     model = ir.from_proto(b.build())
-    with pytest.raises(UnknownSizeError, match=r"cannot size tensor 'x' \(graph input, shape \[N, 2, 3\]\): give --dim N=SIZE"):
+    with pytest.raises(UnknownSizeError,
+                       match=r"cannot size tensor 'x' \(graph input, shape \[N, 2, 3\]\): give --dim N=SIZE"):
         tensor_infos(model)
     infos = tensor_infos(model, {"N": 4})
     assert infos[values(model)["flat"]].shape == (4, 6)
@@ -83,7 +84,8 @@ def test_shapes_that_depend_on_user_dims_are_inferred_with_the_dims_filled_in():
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     nodes = [helper.make_node("Shape", ["x"], ["s"]),
              helper.make_node("Mul", ["s", "two"], ["s2"]),
-             helper.make_node("ConstantOfShape", ["s2"], ["z"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ConstantOfShape", ["s2"], ["z"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
              helper.make_node("Relu", ["z"], ["y"])]
     graph = helper.make_graph(nodes, "g", [x], [y], [onnx.numpy_helper.from_array(np.array([1, 2], np.int64), "two")])
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))

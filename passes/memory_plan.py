@@ -753,9 +753,9 @@ def _overlaps(P: Mapping[ir.Value, Placement], parent: Mapping[ir.Value, Alias])
 def format_plan(plan: MemoryPlan) -> str:
     """A short table: arena per strategy against the naive size and the lower bounds."""
     mib = 1 << 20
+    kinds = [a.kind for a in plan.aliases]
     lines = [f"schedule: {plan.order} order, {len(plan.schedule)} steps; {len(plan.placements)} activations; "
-             f"aliases: {sum(a.kind == 'inplace' for a in plan.aliases)} in-place, "
-             f"{sum(a.kind == 'concat' for a in plan.aliases)} concat, {sum(a.kind == 'split' for a in plan.aliases)} split",
+             f"aliases: {kinds.count('inplace')} in-place, {kinds.count('concat')} concat, {kinds.count('split')} split",
              f"naive (one buffer each): {plan.naive_size / mib:10.3f} MiB",
              f"lower bound, file order: {plan.file_order_lower_bound / mib:10.3f} MiB  (no aliasing)",
              f"lower bound, this plan:  {plan.lower_bound / mib:10.3f} MiB"]

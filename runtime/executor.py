@@ -65,14 +65,16 @@ Fn = Callable[..., np.ndarray]
 def _pool(node: ir.Node) -> Fn | None:
     """MaxPool/AveragePool: the reference evaluator sizes ceil_mode windows wrongly (one output
     row and column too many)."""
-    if len([v for v in node.outputs if v is not None]) != 1 or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if len([v for v in node.outputs if v is not None]) != 1 or auto_pad not in ("NOTSET", "VALID"):
         return None
     kernel = list(node.attr("kernel_shape"))
     n = len(kernel)
     strides = list(node.attr("strides", [1] * n))
     dilations = list(node.attr("dilations", [1] * n))
-    pads = list(node.attr("pads", [0] * 2 * n)) if node.attr("auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * n
-    ceil, count_pad, is_max = bool(node.attr("ceil_mode", 0)), bool(node.attr("count_include_pad", 0)), node.op_type == "MaxPool"
+    pads = list(node.attr("pads", [0] * 2 * n)) if auto_pad == "NOTSET" else [0] * 2 * n
+    ceil, count_pad = bool(node.attr("ceil_mode", 0)), bool(node.attr("count_include_pad", 0))
+    is_max = node.op_type == "MaxPool"
     window = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
 
     def run(x: np.ndarray) -> np.ndarray:

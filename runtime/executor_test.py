@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 from optgraph import ir
 from optgraph.passes import run_passes
 from optgraph.passes.liveness import tensor_infos
-from optgraph.passes.memory_plan import MemoryPlan, Placement, check_plan, plan_memory
+from optgraph.passes.memory_plan import MemoryPlan, check_plan, plan_memory
+from optgraph.passes.memory_plan_test import edited
 from optgraph.passes.testing.strategies import GraphBuilder
 from optgraph.runtime.executor import ArenaExecutor, ExecutionError, check_by_execution
 from optgraph.runtime.oracle import random_inputs
@@ -55,14 +56,6 @@ def two_branches() -> ir.Model:
     return build(b)
 
 
-def replace(p: MemoryPlan, name: str, **changes: int) -> MemoryPlan:
-    """A copy of ``p`` with one placement edited."""
-    placements = dict(p.placements)
-    v = next(v for v in placements if v.name == name)
-    placements[v] = dataclasses.replace(placements[v], **changes)
-    return dataclasses.replace(p, placements=placements)
-
-
 def test_a_sound_plan_runs_like_onnxruntime_and_concats_copy_nothing(monkeypatch):
     model = dense_block()
     p = plan(model, order="memory")
@@ -80,7 +73,7 @@ def test_a_planted_overlap_is_caught():
     model = two_branches()
     good = plan(model)
     assert check_by_execution(model, good)
-    bad = replace(good, "s", offset=good.placements[next(v for v in good.placements if v.name == "a")].offset)
+    bad = edited(good, "s", offset=good.placements[next(v for v in good.placements if v.name == "a")].offset)
     assert any("overlap" in problem for problem in check_plan(model, bad))
     result = check_by_execution(model, bad)
     assert not result and "differs at output 'y'" in result.message
@@ -89,7 +82,7 @@ def test_a_planted_overlap_is_caught():
 def test_a_tensor_freed_too_early_reads_poison():
     model = two_branches()
     good = plan(model)
-    early = replace(good, "a", end=0)  # the plan says nobody reads a after step 0; Mul does
+    early = edited(good, "a", end=0)  # the plan says nobody reads a after step 0; Mul does
     assert not check_by_execution(model, early)
     feeds = random_inputs(ir.to_proto(model), seed=0)
     unpoisoned = ArenaExecutor(model, early, poison=False).run(feeds)["y"]
@@ -105,7 +98,7 @@ def test_a_concat_alias_whose_offset_is_wrong_is_caught():
     model = build(b)
     good = plan(model, inplace=False)
     n = good.placements[next(v for v in good.placements if v.name == "n")]
-    moved = replace(good, "n", offset=good.arena_size)  # n written outside cat; the alias says inside
+    moved = edited(good, "n", offset=good.arena_size)  # n written outside cat; the alias says inside
     moved = dataclasses.replace(moved, arena_size=good.arena_size + n.nbytes)
     assert any("alias" in problem for problem in check_plan(model, moved))
     assert not check_by_execution(model, moved)
