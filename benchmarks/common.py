@@ -90,14 +90,28 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-def count_nodes(graph: onnx.GraphProto) -> int:
-    """Nodes of a graph and of every subgraph inside it (If/Loop/Scan bodies)."""
-    n = 0
-    for node in graph.node:
-        n += 1
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                n += count_nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                n += sum(count_nodes(g) for g in a.graphs)
-    return n
+def count_nodes(model: onnx.ModelProto) -> int:
+    """Nodes that run: every graph and subgraph (If/Loop/Scan bodies), with a call of a model-local
+    function counted as the nodes of its body. Wrapping nodes into functions hides no work."""
+    functions = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
+    memo: dict[tuple[str, str, str], int] = {}
+
+    def nodes(node_list: Iterable[onnx.NodeProto]) -> int:
+        n = 0
+        for node in node_list:
+            key = (node.domain, node.op_type, getattr(node, "overload", ""))
+            if key in functions:
+                if key not in memo:
+                    memo[key] = 0  # a recursive function (invalid ONNX) must not loop forever
+                    memo[key] = nodes(functions[key].node)
+                n += memo[key]
+            else:
+                n += 1
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    n += nodes(a.g.node)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    n += sum(nodes(g.node) for g in a.graphs)
+        return n
+
+    return nodes(model.graph.node)

@@ -64,7 +64,7 @@ def child(tool: str, src: str, dst: str) -> None:
     t0 = time.perf_counter()
     fn(src, dst)
     seconds = time.perf_counter() - t0
-    common.emit({"seconds": seconds, "nodes": common.count_nodes(onnx.load(dst).graph),
+    common.emit({"seconds": seconds, "nodes": common.count_nodes(onnx.load(dst)),
                  "rss_mb": common.peak_rss_mb()})
 
 

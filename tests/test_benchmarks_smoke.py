@@ -13,6 +13,10 @@ import pytest
 from optgraph.passes.testing.networks import synthetic
 
 COMPARE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+sys.path.insert(0, str(COMPARE.parent))
+import common  # noqa: E402  (benchmarks/common.py)
+
+sys.path.remove(str(COMPARE.parent))
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxoptimizer")
@@ -42,11 +46,6 @@ def test_compare_quick_on_a_tiny_model(tmp_path: Path) -> None:
 
 def test_compare_reports_a_wrong_result(tmp_path: Path) -> None:
     """The measurement half must catch a tool whose output differs: feed it a deliberately altered model."""
-    sys.path.insert(0, str(COMPARE.parent))
-    try:
-        import compare
-    finally:
-        sys.path.remove(str(COMPARE.parent))
     original = tmp_path / "orig.onnx"
     proto = synthetic(60)
     onnx.save(proto, original)
@@ -56,6 +55,23 @@ def test_compare_reports_a_wrong_result(tmp_path: Path) -> None:
     relu.op_type = "Sigmoid"  # a wrong rewrite: same graph shape, different numbers
     bad = tmp_path / "bad.onnx"
     onnx.save(broken, bad)
-    r = compare.common.run_child(str(COMPARE), ["measure", str(original), str(bad), "0.05"], 120)
+    r = common.run_child(str(COMPARE), ["measure", str(original), str(bad), "0.05"], 120)
     assert r["equivalent"] is False, r
     assert "differs" in r["oracle"]
+
+
+def test_node_count_expands_function_calls() -> None:
+    """A tool must not look smaller by wrapping nodes into model-local functions."""
+    from onnx import TensorProto, helper
+
+    body = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    fn = helper.make_function("local", "ConvRelu", ["x", "w"], ["y"], body, [helper.make_opsetid("", 17)])
+    then = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("ConvRelu", ["a", "w"], ["b"], domain="local"),
+             helper.make_node("ConvRelu", ["b", "w"], ["c"], domain="local"),
+             helper.make_node("If", ["cond"], ["d"], then_branch=then, else_branch=then)]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
+                                                                   helper.make_opsetid("local", 1)])
+    assert common.count_nodes(model) == 2 * 2 + 1 + 2 * 1
