@@ -369,6 +369,19 @@ class Node:
             if v is old:
                 self.set_input(i, new)
 
+    def omit_output(self, i: int) -> None:
+        """Omit output ``i`` (it must be unused), as for an optional output nobody reads.
+
+        Trailing omitted outputs are dropped, as ONNX writes them.
+        """
+        value = self._outputs[i]
+        if value is not None and value.is_used:
+            raise ValueError(f"cannot omit output '{value.name}' of {self!r}: it is still used")
+        self._touch()
+        self._outputs[i] = None
+        while self._outputs and self._outputs[-1] is None:
+            self._outputs.pop()
+
     # --- attributes -------------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Attr]:

@@ -56,7 +56,7 @@ def from_bytes(data: bytes, *, base_dir: str | None = None, source: str = "the i
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cycle collector while building or writing large object graphs.
 
     A model is hundreds of thousands of small objects; collections triggered mid-build scan them
@@ -77,7 +77,7 @@ def _gc_paused() -> Iterator[None]:
 
 def from_proto(proto: onnx.ModelProto, *, base_dir: str | None = None) -> Model:
     """Build the IR from a ModelProto (which the IR keeps referring to: do not edit it after)."""
-    with _gc_paused():
+    with gc_paused():
         return _from_proto(proto, base_dir)
 
 
@@ -435,10 +435,10 @@ def _encode_attr(a: Attr, p: onnx.AttributeProto) -> None:
 
 def _encode_nodes(graph: Graph, out: Any) -> None:
     """Add the graph's nodes to a repeated NodeProto field, reusing unedited protos."""
-    out.extend([node._proto if node._proto is not None else _node_proto(node) for node in graph])
+    out.extend([node._proto if node._proto is not None else node_proto(node) for node in graph])
 
 
-def _node_proto(node: Node) -> onnx.NodeProto:
+def node_proto(node: Node) -> onnx.NodeProto:
     p = onnx.NodeProto()
     p.op_type = node._op_type
     if node._domain:
@@ -481,7 +481,7 @@ def _set_fields(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v}
 
 
-def _function_proto(fn: Function) -> onnx.FunctionProto:
+def function_proto(fn: Function) -> onnx.FunctionProto:
     fp = onnx.FunctionProto(**_set_fields(name=fn.name, domain=fn.domain, doc_string=fn.doc_string))
     if fn.overload:
         fp.overload = fn.overload
@@ -508,7 +508,7 @@ def _model_shell(model: Model) -> onnx.ModelProto:
         mp.opset_import.add(domain=dom, version=ver)
     for k, val in model.metadata_props.items():
         mp.metadata_props.add(key=k, value=val)
-    mp.functions.extend(_function_proto(f) for f in model.functions.values())
+    mp.functions.extend(function_proto(f) for f in model.functions.values())
     if model.extra is not None:
         mp.MergeFrom(model.extra)
     return mp
@@ -559,7 +559,7 @@ def save(model: Model, path: str | os.PathLike[str], *, external_data: bool | No
     ``external_data=None`` keeps tensors external when the model had external data or would pass
     protobuf's 2 GB limit; the data goes to ``<file name>.data`` beside the model.
     """
-    with _gc_paused():
+    with gc_paused():
         _save(model, os.fspath(path), external_data, size_threshold)
 
 

@@ -49,12 +49,8 @@ def _drop_unused_optional_outputs(node: ir.Node, opset: int) -> int:
     dead = [i for i, v in enumerate(node.outputs) if i in optional and v is not None and not v.is_used]
     if not dead:
         return 0
-    node._touch()  # the IR has no output setter: edit the list the way serde reads it
-    outs = node._outputs
-    for i in dead:
-        outs[i] = None
-    while outs and outs[-1] is None:
-        outs.pop()
+    for i in reversed(dead):
+        node.omit_output(i)
     return len(dead)
 
 

@@ -32,7 +32,7 @@ from onnx.reference.op_run import OpRun
 
 from optgraph import ir
 from optgraph.ir import opset as ops
-from optgraph.ir.serde import _node_proto
+from optgraph.ir.serde import node_proto
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
 from optgraph.passes.shapes import main_graphs, shape_of
@@ -244,7 +244,7 @@ def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | N
     The node goes in a one-node model carrying the opset imports: given a bare NodeProto the
     evaluator would run the op's newest version, whatever the model's opset says.
     """
-    proto = _node_proto(node)
+    proto = node_proto(node)
     graph = onnx.GraphProto(name="fold", node=[proto])
     graph.input.extend(onnx.ValueInfoProto(name=name) for name in proto.input if name)
     graph.output.extend(onnx.ValueInfoProto(name=name) for name in proto.output if name)

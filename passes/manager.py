@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from optgraph import ir
-from optgraph.ir.serde import _gc_paused
+from optgraph.ir.serde import gc_paused
 from optgraph.ir.verify import verify
 from optgraph.passes import registry
 from optgraph.passes.base import Pass, PassContext
@@ -179,7 +179,7 @@ class PassManager:
         report.nodes_before = sum(report.ops_before.values())
         self.ctx.bind(model)
         start = time.perf_counter()
-        with _gc_paused():  # passes allocate a lot; collections would rescan the whole model each time
+        with gc_paused():  # passes allocate a lot; collections would rescan the whole model each time
             self._run_steps(self.steps, model, report, None, None)
         report.seconds = time.perf_counter() - start
         report.ops_after = op_histogram(model)

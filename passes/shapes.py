@@ -21,7 +21,7 @@ import onnx
 from optgraph import ir
 from optgraph.ir.core import Shape
 from optgraph.ir.order import outer_inputs
-from optgraph.ir.serde import _function_proto, _node_proto
+from optgraph.ir.serde import function_proto, node_proto
 from optgraph.passes.base import Analysis, Pass, PassContext, PassResult
 from optgraph.passes.registry import register
 
@@ -135,7 +135,7 @@ def _partial_proto(model: ir.Model, missing: list[ir.Value]) -> onnx.ModelProto 
                 stack.append(w.producer)
     nodes = [n for n in graph if id(n) in chosen]
     produced = {v.name for n in nodes for v in n.outputs if v is not None}
-    gp = onnx.GraphProto(name=graph.name, node=[_node_proto(n) for n in nodes])
+    gp = onnx.GraphProto(name=graph.name, node=[node_proto(n) for n in nodes])
     declared: set[str] = set()
     for n in nodes:
         for w in [*n.inputs, *outer_inputs(n)]:
@@ -153,7 +153,7 @@ def _partial_proto(model: ir.Model, missing: list[ir.Value]) -> onnx.ModelProto 
     proto = onnx.ModelProto(ir_version=model.ir_version, graph=gp)
     for domain, version in model.opset_imports.items():
         proto.opset_import.add(domain=domain, version=version)
-    proto.functions.extend(_function_proto(f) for f in model.functions.values())
+    proto.functions.extend(function_proto(f) for f in model.functions.values())
     return proto
 
 

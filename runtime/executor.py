@@ -28,7 +28,7 @@ from onnx.reference import ReferenceEvaluator
 from optgraph import ir
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.memory_plan import MemoryPlan, Placement, contiguous_concat
-from optgraph.runtime.oracle import Comparison, _compare_arrays, _session, random_inputs
+from optgraph.runtime.oracle import Comparison, compare_arrays, make_session, random_inputs
 
 POISON = 0xFF
 
@@ -257,7 +257,7 @@ def check_by_execution(model: ir.Model, plan: MemoryPlan, *, n_inputs: int = 2, 
     """Run ``model`` under ``plan`` and on onnxruntime with seeded random inputs; compare outputs
     with the oracle's tolerances. Truthy when they agree."""
     proto = ir.to_proto(model)
-    session = _session(proto)
+    session = make_session(proto)
     executor = ArenaExecutor(model, plan)
     names = [o.name for o in session.get_outputs()]
     worst = (-1.0, "", 0.0, 0.0, seed)
@@ -266,7 +266,7 @@ def check_by_execution(model: ir.Model, plan: MemoryPlan, *, n_inputs: int = 2, 
         expected = session.run(None, feeds)
         got = executor.run(feeds)
         for name, a in zip(names, expected):
-            c = _compare_arrays(np.asarray(a), got[name], rtol, atol)
+            c = compare_arrays(np.asarray(a), got[name], rtol, atol)
             if not c.ok:
                 return Comparison(False, name, c.abs_err, c.rel_err, s,
                                   f"the plan's execution differs at output '{name}' (seed {s}): {c.detail}")

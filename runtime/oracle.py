@@ -106,7 +106,8 @@ def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] 
     return feeds
 
 
-def _session(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
+def make_session(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session with ORT's own graph optimizations off (see the module doc)."""
     import onnxruntime as ort  # optional dependency: only the oracle needs it
 
     opts = ort.SessionOptions()
@@ -123,7 +124,7 @@ def _one_line(e: BaseException) -> str:
 
 
 @dataclass
-class _Check:
+class ArrayCheck:
     """How one output pair compares: ``ratio`` > 1 means past tolerance."""
 
     ok: bool
@@ -133,16 +134,16 @@ class _Check:
     detail: str
 
 
-def _compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> _Check:
+def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> ArrayCheck:
     if a.dtype != b.dtype:
-        return _Check(False, np.inf, np.inf, np.inf, f"dtype {b.dtype} instead of {a.dtype}")
+        return ArrayCheck(False, np.inf, np.inf, np.inf, f"dtype {b.dtype} instead of {a.dtype}")
     if a.shape != b.shape:
-        return _Check(False, np.inf, np.inf, np.inf, f"shape {b.shape} instead of {a.shape}")
+        return ArrayCheck(False, np.inf, np.inf, np.inf, f"shape {b.shape} instead of {a.shape}")
     if a.size == 0:
-        return _Check(True, 0.0, 0.0, 0.0, "")
+        return ArrayCheck(True, 0.0, 0.0, 0.0, "")
     if not np.issubdtype(a.dtype, np.inexact):
         bad = int(np.count_nonzero(a != b))
-        return _Check(bad == 0, np.inf if bad else 0.0, np.inf if bad else 0.0, np.inf if bad else 0.0,
+        return ArrayCheck(bad == 0, np.inf if bad else 0.0, np.inf if bad else 0.0, np.inf if bad else 0.0,
                       f"{bad} of {a.size} elements differ" if bad else "")
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite_a, finite_b = np.isfinite(a64), np.isfinite(b64)
@@ -150,10 +151,10 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> _
     special_bad = (finite_a != finite_b) | (~finite_a & ~finite_b & ~((a64 == b64) | (np.isnan(a64) & np.isnan(b64))))
     if special_bad.any():
         n = int(np.count_nonzero(special_bad))
-        return _Check(False, np.inf, np.inf, np.inf, f"{n} of {a.size} elements differ in NaN/inf positions")
+        return ArrayCheck(False, np.inf, np.inf, np.inf, f"{n} of {a.size} elements differ in NaN/inf positions")
     both = finite_a
     if not both.any():
-        return _Check(True, 0.0, 0.0, 0.0, "")
+        return ArrayCheck(True, 0.0, 0.0, 0.0, "")
     ra, rb = a64[both], b64[both]
     scale = max(1.0, float(np.max(np.abs(ra))))
     diff = np.abs(ra - rb)
@@ -163,7 +164,7 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> _
     rel = float(np.max(diff[nz] / np.abs(ra[nz]))) if nz.any() else 0.0
     abs_err = float(np.max(diff))
     detail = f"max abs error {abs_err:.3g} (allowed {atol * scale:.3g} + {rtol:g}*|ref|), max rel error {rel:.3g}"
-    return _Check(ratio <= 1.0, ratio, abs_err, rel, detail)
+    return ArrayCheck(ratio <= 1.0, ratio, abs_err, rel, detail)
 
 
 def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
@@ -176,7 +177,7 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
     """
     ref_proto, cand_proto = _as_proto(reference), _as_proto(candidate)
     try:
-        ref_sess = _session(ref_proto)
+        ref_sess = make_session(ref_proto)
     except Exception as e:
         raise ReferenceRunError(f"the reference model does not load in onnxruntime: {_one_line(e)}") from None
 
@@ -184,7 +185,7 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
         return Comparison(False, output, np.inf, np.inf, s, f"candidate differs (seed {s}): {why}")
 
     try:
-        cand_sess = _session(cand_proto)
+        cand_sess = make_session(cand_proto)
     except Exception as e:
         return mismatch("", seed, f"it does not load in onnxruntime: {_one_line(e)}")
     ref_names = [o.name for o in ref_sess.get_outputs()]
@@ -204,7 +205,7 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
         except Exception as e:
             return mismatch("", s, f"it fails in onnxruntime: {_one_line(e)}")
         for name, a, b in zip(ref_names, ref_out, cand_out):
-            c = _compare_arrays(np.asarray(a), np.asarray(b), rtol, atol)
+            c = compare_arrays(np.asarray(a), np.asarray(b), rtol, atol)
             if not c.ok:
                 return Comparison(False, name, c.abs_err, c.rel_err, s,
                                   f"candidate differs at output '{name}' (seed {s}): {c.detail}")

@@ -485,3 +485,15 @@ def test_value_info_fills_in_an_untyped_output() -> None:
     assert (y.dtype, y.shape) == (onnx.TensorProto.FLOAT, ("N",))
     out = ir.to_proto(model)
     assert out.graph.output[0] == proto.graph.value_info[0] and not out.graph.value_info
+
+
+def test_omit_output_refuses_used_outputs_and_trims_trailing_ones() -> None:
+    model = ir.from_proto(onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4] x) => (float[4] y, float[4] b) { a, b, c = Split <num_outputs = 3> (x)  y = Abs(a) }"""))
+    split = next(iter(model.graph))
+    with pytest.raises(ValueError, match="still used"):
+        split.omit_output(0)
+    split.omit_output(2)
+    assert [v.name if v else None for v in split.outputs] == ["a", "b"]
+    ir.verify(model)
