@@ -67,18 +67,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     after_each = _first_mismatch_guard(args.model, args) if args.check_each else None
     ctx = PassContext(dims=_dims(args.dim))
     report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
+    check = None
     if args.check:
         from optgraph.runtime.oracle import compare
 
-        result = compare(_reference(args.model), ir.to_proto(model), n_inputs=args.inputs, seed=args.seed,
-                         dims=ctx.dims)
-        if not result.equivalent:
-            print(f"optgraph: mismatch: {result.message}; output not written", file=sys.stderr)
+        check = compare(_reference(args.model), ir.to_proto(model), n_inputs=args.inputs, seed=args.seed,
+                        dims=ctx.dims)
+        if not check.equivalent:
+            print(f"optgraph: mismatch: {check.message}; output not written", file=sys.stderr)
             return EXIT_MISMATCH
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     ir.save(model, args.output, external_data=external)
     data = report.to_dict()
     data.update(input=args.model, output=args.output, pipeline=args.passes or "default")
+    if check is not None:
+        data["check"] = {"equivalent": True, "message": check.message}
     if args.report == "-":
         json.dump(data, sys.stdout, indent=2, default=str)
         print()
@@ -140,6 +143,8 @@ def format_report(data: dict[str, Any]) -> str:
     for group, ok in data["converged"].items():
         if not ok:
             lines.append(f"  warning: '{group}' did not converge in {data['iterations'][group]} iterations")
+    if "check" in data:
+        lines.append(f"  check: equivalent on onnxruntime ({data['check']['message']})")
     changed = {op: (data["ops_before"].get(op, 0), data["ops_after"].get(op, 0))
                for op in sorted({*data["ops_before"], *data["ops_after"]})}
     diffs = [f"{op} {a}->{b}" for op, (a, b) in changed.items() if a != b]
