@@ -195,3 +195,24 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(AssertionError, match="differs|fails"):
         prop()
+
+
+def test_a_concat_freed_by_another_rewrite_is_flattened_in_the_same_run() -> None:
+    # v5 feeds both the outer Concat and a Split; once the Split is cancelled, v5 has one reader
+    # left and the outer Concat must be looked at again (found by the thorough property run).
+    text = header(11) + """
+        g (float[1,1,3,3] x) => (float[1,3,3,3] v7, float[1,1,3,3] p, float[1,1,3,3] q)
+          <float[1,1,3,3] a, float[1,1,3,3] b> {
+          a = Relu(x)
+          b = Sigmoid(x)
+          v5 = Concat<axis=-3>(a, b)
+          v7 = Concat<axis=1>(x, v5)
+          p, q = Split<axis=1, split=[1, 1]>(v5)
+        }"""
+    report = assert_rewrites_to("eliminate-concat", text, header(11) + """
+        g (float[1,1,3,3] x) => (float[1,3,3,3] v7, float[1,1,3,3] p, float[1,1,3,3] q) {
+          p = Relu(x)
+          q = Sigmoid(x)
+          v7 = Concat<axis=1>(x, p, q)
+        }""")
+    assert report.totals() == {"concat-split": 1, "flatten-concat": 1}

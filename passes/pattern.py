@@ -491,10 +491,12 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
         if node.graph is graph and not any(v is not None and v.is_used for v in node.outputs):
             inputs.extend(node.inputs)
             graph.remove(node)
-    for v in inputs:
-        if v is not None and v.producer is not None:
-            touched.append(v.producer)
     drop_dead(model, inputs)
+    for v in inputs:  # a value that lost uses: its producer, and a reader it now has to itself
+        if v is not None:
+            touched.append(v.producer)
+            readers = v.consumers if len(v.uses) == 1 else []
+            touched.extend(readers)
     return touched
 
 
