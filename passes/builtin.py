@@ -8,12 +8,14 @@ from optgraph.passes.registry import register_group
 register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-ops and unused constants")
 # BN folding first (it leaves plain convs for the others), horizontal fusion next (it can leave
 # single-input Concats behind), the conv+activation units last (they hide the Conv from the others).
-register_group("fuse", ["fuse-conv-bn", "fuse-horizontal", "eliminate-concat", "fuse-conv-act"],
-               "Fuse layers: conv+bn+activation, parallel branches, concats")
+FUSE = ["fuse-conv-bn", "fuse-horizontal", "eliminate-concat", "fuse-conv-act"]
+register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches, concats")
 # The order and why: docs/pipeline.md. Shapes first (the others read them), folding before the
 # no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and
 # TensorRT rewrites on the simplified graph, then fusion, dead code last; repeated until an
-# iteration changes nothing.
+# iteration changes nothing. Horizontal fusion only where no Split is needed: TensorRT fuses
+# same-input layers itself and imports a Split as a dozen layers.
 register_group("default", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
-                           "tensorrt-ready", "fuse", "remove-dead"],
-               "The standard optimization pipeline: the smallest equivalent graph", fixed_point=True)
+                           "tensorrt-ready", *[p if p != "fuse-horizontal" else "fuse-horizontal{split=false}"
+                                               for p in FUSE], "remove-dead"],
+               "The standard optimization pipeline: the smallest equivalent graph, for TensorRT", fixed_point=True)

@@ -15,7 +15,9 @@ applied once to the wide output. The wide output is split back with a Split (att
 before opset 13, input form after); when the branch outputs already feed one Concat, in order,
 contiguously, on the channel axis, the wide output feeds the Concat directly and no Split is
 made. Branch order is node order, so the output is deterministic. ``min_branches`` sets how many
-parallel branches are worth fusing (default 2).
+parallel branches are worth fusing (default 2). ``split=false`` fuses only branches that meet in a
+Concat: TensorRT fuses same-input layers itself when it builds, and imports a Split (with a
+dynamic batch) as a dozen shape layers, so for TensorRT only the Concat case is a gain.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ class _Horizontal(Rule):
 
     op_type: str
 
-    def __init__(self, min_branches: int = 2) -> None:
+    def __init__(self, min_branches: int = 2, split: bool = True) -> None:
         if min_branches < 2:
             raise ValueError(f"min_branches must be at least 2, not {min_branches}")
         self.min_branches = min_branches
+        self.split = split
 
     @property
     def root_ops(self) -> tuple[str, ...]:
@@ -120,6 +123,8 @@ class _Horizontal(Rule):
         ends = [a for a in acts if a is not None] or ends
         nodes = [*branches, *[t for t in tails if t is not None], *[a for a in acts if a is not None]]
         concat = self.direct_concat(ends, branches[0])
+        if concat is None and not self.split:
+            return MatchResult.fail(f"the branches reading '{x.name}' do not meet in one Concat (split=false)")
         return Match(node, nodes + ([concat] if concat else []), outputs=[concat.output] if concat else
                      [e.output for e in ends], anchor=branches[0],
                      extra={"branches": branches, "tails": tails, "acts": acts, "concat": concat, "ends": ends})
@@ -298,7 +303,9 @@ class FuseHorizontal(RewritePass):
     @dataclass
     class Options(RewritePass.Options):
         min_branches: int = 2
+        split: bool = True  # false: fuse only branches whose outputs meet, in order, in one Concat
 
     def make_rules(self) -> Sequence[Rule]:
-        n = self.options.min_branches
-        return (HorizontalConv1x1(n), HorizontalConv(n), HorizontalMatMul(n), HorizontalGemm(n))
+        n, split = self.options.min_branches, self.options.split
+        return (HorizontalConv1x1(n, split), HorizontalConv(n, split), HorizontalMatMul(n, split),
+                HorizontalGemm(n, split))

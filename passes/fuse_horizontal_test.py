@@ -70,6 +70,23 @@ def test_branches_meeting_in_a_concat_feed_it_directly_through_one_activation() 
     assert_equivalent(parser.parse_model(text), out)
 
 
+def test_split_false_fuses_only_branches_that_meet_in_a_concat() -> None:
+    """The TensorRT setting of `default`: no Split is ever made."""
+    same = header() + THREE_1X1
+    report = assert_rewrites_to("fuse-horizontal{split=false}", same, same)
+    assert report.totals() == {}
+    into_concat = header() + """
+        g (float[1,2,4,4] x) => (float[1,3,4,4] y) <float[1,2,1,1] w0 = {1.0, 2.0}, float[2,2,1,1] w1 = {3.0, 4.0, 5.0, 6.0}> {
+          c0 = Conv(x, w0)
+          c1 = Conv(x, w1)
+          y = Concat<axis=1>(c0, c1)
+        }"""
+    out, report = rewrite_text("fuse-horizontal{split=false}", into_concat)
+    assert report.totals() == {"horizontal-conv1x1": 1}
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Concat"]  # the Concat of one piece: eliminate-concat
+    assert_equivalent(parser.parse_model(into_concat), out)
+
+
 def test_3x3_convs_with_equal_attributes_fuse_and_activations_that_differ_stay_apart() -> None:
     w = ", ".join(["1.0"] * 18)
     text = header() + f"""

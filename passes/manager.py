@@ -94,7 +94,7 @@ def _expand(name: str, options: dict[str, str], seen: tuple[str, ...]) -> list[S
         if name in seen:
             raise PipelineError(f"group '{name}' includes itself")
         group = groups[name]
-        inner = [s for m in group.members for s in _expand(m, {}, (*seen, name))]
+        inner = [s for m in group.members for s in _expand(*_parse_item(m), (*seen, name))]
         return [FixedPoint(name, inner, group.max_iterations)] if group.fixed_point else inner
     try:
         cls = registry.get(name)

@@ -49,7 +49,7 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 def register_group(name: str, members: list[str] | tuple[str, ...], description: str, *,
                    fixed_point: bool = False, max_iterations: int = 8) -> Group:
-    """Define (or redefine) a group; members may be passes or other groups."""
+    """Define (or redefine) a group; members are pass names (with options: ``name{k=v}``) or groups."""
     if name in _PASSES:
         raise ValueError(f"group name '{name}' is already a pass name")
     group = Group(name, description, tuple(members), fixed_point, max_iterations)
