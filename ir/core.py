@@ -233,6 +233,7 @@ class Attr:
 
 
 AT = onnx.AttributeProto
+_GRAPH_TYPES = (AT.GRAPH, AT.GRAPHS)
 
 
 def _decode_attr(p: onnx.AttributeProto) -> Any:
@@ -296,7 +297,7 @@ class Node:
     """An operator application. Inputs may be None (an omitted optional input)."""
 
     __slots__ = ("_op_type", "_domain", "_name", "_inputs", "_outputs", "_attrs", "_proto", "graph",
-                 "_prev", "_next", "_overload", "_doc_string", "metadata_props")
+                 "_prev", "_next", "_overload", "_doc_string", "metadata_props", "_has_graphs")
 
     def __init__(self, op_type: str, domain: str = "", name: str = "") -> None:
         self._op_type = op_type
@@ -312,6 +313,9 @@ class Node:
         self._overload = ""
         self._doc_string = ""
         self.metadata_props: dict[str, str] = {}
+        # Whether an attribute holds a graph: every pass walks all graphs, so subgraphs() is asked
+        # of every node many times; this makes the common answer (none) one attribute read.
+        self._has_graphs = False
 
     # Plain fields are properties so an edit drops the cached proto.
     op_type = property(lambda self: self._op_type, lambda self, v: self._set("_op_type", v))
@@ -402,15 +406,35 @@ class Node:
             value = Tensor(array=value)
         if isinstance(value, Graph):
             value.parent = self
-        self.attrs[name] = Attr(name, attr_type_of(value) if type is None else type, value)
+        attr = Attr(name, attr_type_of(value) if type is None else type, value)
+        old = self.attrs.get(name)
+        self.attrs[name] = attr
+        if attr.type in _GRAPH_TYPES or (old is not None and old.type in _GRAPH_TYPES):
+            self._update_has_graphs()
 
     def del_attr(self, name: str) -> None:
         self._touch()
-        self.attrs.pop(name, None)
+        old = self.attrs.pop(name, None)
+        if old is not None and old.type in _GRAPH_TYPES:
+            self._update_has_graphs()
+
+    def copy_attrs(self, other: Node) -> None:
+        """Give this node all of ``other``'s attributes (not subgraphs: a graph has one parent).
+
+        The Attr objects are shared: attributes are replaced, never edited in place, and one read
+        from a file is written back from its proto without being decoded.
+        """
+        if other.subgraphs():
+            raise ValueError(f"cannot copy the attributes of {other!r}: it holds subgraphs")
+        self._touch()
+        self.attrs.update(other.attrs)
+
+    def _update_has_graphs(self) -> None:
+        self._has_graphs = any(a.type in _GRAPH_TYPES for a in self.attrs.values())
 
     def subgraphs(self) -> list[Graph]:
         """Graphs held in attributes (If branches, Loop/Scan bodies)."""
-        if self._proto is not None:  # loading decodes subgraph attributes and drops the proto
+        if not self._has_graphs:  # the loader decodes subgraph attributes and sets the flag
             return []
         out: list[Graph] = []
         for a in self.attrs.values():
@@ -578,8 +602,7 @@ class Graph:
         """A new initializer under a fresh name (rewritten constants never reuse a name)."""
         v = self._new_value(self.fresh_name(name))
         v.const = data if isinstance(data, Tensor) else Tensor(array=np.asarray(data))
-        v.dtype = v.const.dtype
-        v.shape = v.const.shape
+        v._dtype, v._shape = v.const.dtype, v.const.shape  # a new value: nothing to detach
         self.initializers[v.name] = v
         return v
 

@@ -333,6 +333,7 @@ class _Loader:
             else:
                 attrs[p.name] = Attr(p.name, p.type, ref=p.ref_attr_name, doc_string=p.doc_string, proto=p)
         node._attrs = attrs
+        node._has_graphs = True
         node._proto = None  # subgraphs may change: always re-encode this node
 
     def function(self, fp: onnx.FunctionProto) -> Function:

@@ -98,10 +98,18 @@ class Tensor:
                 del proto.external_data[:]
                 proto.data_location = onnx.TensorProto.DEFAULT
                 proto.raw_data = read_external(self._external)
-            array = numpy_helper.to_array(proto)
-            array.flags.writeable = False
+            array = _from_raw(proto)
+            if array is None:
+                array = numpy_helper.to_array(proto)
+                array.flags.writeable = False
             self._array = array
         return self._array
+
+    def tobytes(self) -> bytes:
+        """The data's bytes; a loaded tensor's raw_data as stored, without decoding it."""
+        if self._proto is not None and self._external is None and self._proto.HasField("raw_data"):
+            return self._proto.raw_data
+        return self.numpy().tobytes()
 
     def to_proto(self, name: str | None = None) -> onnx.TensorProto:
         """A TensorProto named ``name`` (default: as loaded); the loaded proto is reused when possible."""
@@ -122,6 +130,34 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor({onnx.TensorProto.DataType.Name(self.dtype)}, {list(self.shape)})"
+
+
+_TP = onnx.TensorProto
+# Element types whose raw_data numpy reads directly (ONNX stores raw_data little-endian).
+_RAW_DTYPES = {
+    _TP.FLOAT: np.dtype("<f4"), _TP.DOUBLE: np.dtype("<f8"), _TP.FLOAT16: np.dtype("<f2"),
+    _TP.INT8: np.dtype("i1"), _TP.INT16: np.dtype("<i2"), _TP.INT32: np.dtype("<i4"), _TP.INT64: np.dtype("<i8"),
+    _TP.UINT8: np.dtype("u1"), _TP.UINT16: np.dtype("<u2"), _TP.UINT32: np.dtype("<u4"),
+    _TP.UINT64: np.dtype("<u8"), _TP.BOOL: np.dtype("?"), _TP.COMPLEX64: np.dtype("<c8"),
+    _TP.COMPLEX128: np.dtype("<c16"),
+}
+
+
+def _from_raw(proto: onnx.TensorProto) -> np.ndarray | None:
+    """The data of a plain-typed tensor stored as raw_data, read in place (read-only, no copy).
+
+    numpy_helper.to_array costs about ten times more per call, which counts when a pass reads
+    tens of thousands of small weights; None sends every other case (typed fields, packed and
+    float8 types, strings, a size mismatch) to it.
+    """
+    dtype = _RAW_DTYPES.get(proto.data_type)
+    if dtype is None or not proto.HasField("raw_data"):
+        return None
+    raw = proto.raw_data
+    shape = tuple(proto.dims)
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        return None
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 @functools.cache

@@ -50,9 +50,8 @@ def _mergeable(node: ir.Node) -> bool:
 
 
 def content(t: ir.Tensor) -> bytes:
-    """A tensor's bytes as stored (the loaded proto's raw data when it has it: no decoding)."""
-    raw = t.to_proto().raw_data if not t.is_external else b""
-    return raw if raw or not t.size else t.numpy().tobytes()
+    """What equal constants must share (the loaded raw data when there is one: no decoding)."""
+    return t.tobytes()
 
 
 class _Digests:

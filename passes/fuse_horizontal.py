@@ -88,25 +88,28 @@ class _Horizontal(Rule):
 
     axis: int  # the channel axis the Split uses
 
-    def siblings(self, x: ir.Value) -> dict[tuple[Any, ...], list[ir.Node]]:
-        """The fusable readers of ``x`` (as their first input), grouped by key."""
+    def siblings(self, x: ir.Value) -> tuple[dict[tuple[Any, ...], list[ir.Node]], dict[ir.Node, tuple[Any, ...]]]:
+        """The fusable readers of ``x`` (as their first input) grouped by key, and each one's key."""
         groups: dict[tuple[Any, ...], list[ir.Node]] = {}
+        keys: dict[ir.Node, tuple[Any, ...]] = {}
         for c in x.consumers:
             if c.op_type == self.op_type and c.domain in ("", "ai.onnx") and c.inputs[0] is x \
                     and x not in c.inputs[1:] and (key := self.key(c)) is not None:
                 groups.setdefault(key, []).append(c)
-        return groups
+                keys[c] = key
+        return groups, keys
 
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
-        key = env.once(self.key, node)
-        if key is None:
-            return MatchResult.fail(f"{describe(node)} has no constant weights of a form this rule fuses")
         x = node.inputs[0]
-        assert x is not None
-        # Readers are grouped once per input, so a value read by many layers is not rescanned per
-        # reader. Rewrites only remove members (filtered here) and add wide layers whose group
-        # they emptied, so the grouping stays right for the rest of the run.
-        group = env.once(self.siblings, x).get(key, [])
+        # Readers are grouped (and their keys computed) once per input, so a value read by many
+        # layers is not rescanned per reader. Rewrites only remove members (filtered here) and
+        # add wide layers whose group they emptied, so the grouping stays right for the rest of
+        # the run (a wide layer, absent from it, is not fused again in the same run).
+        groups, keys = env.once(self.siblings, x) if x is not None else ({}, {})
+        key = keys.get(node)
+        if x is None or key is None:
+            return MatchResult.fail(f"{describe(node)} has no constant weights of a form this rule fuses")
+        group = groups.get(key, [])
         branches = sorted((b for b in group if b.graph is node.graph), key=env.position)
         if len(branches) < self.min_branches:
             return MatchResult.fail(f"{len(branches)} compatible branch(es) read '{x.name}', "

@@ -143,6 +143,7 @@ class Match:
     kept: list[ir.Node] = field(default_factory=list)
     anchor: ir.Node | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what a custom ``match`` hands its rewrite
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # decoded constants
 
     def __post_init__(self) -> None:
         if not self.outputs:
@@ -167,8 +168,11 @@ class Match:
 
     def array(self, name: str) -> np.ndarray:
         """The constant data of a capture matched with ``Var(name, const=True)``."""
-        a = ir.constant_array(self.value(name))
-        assert a is not None, f"capture '{name}' is not a constant"
+        a = self._arrays.get(name)
+        if a is None:  # checks and rewrites ask for the same constants several times
+            a = ir.constant_array(self.value(name))
+            assert a is not None, f"capture '{name}' is not a constant"
+            self._arrays[name] = a
         return a
 
     def array_or_none(self, name: str) -> np.ndarray | None:
@@ -340,8 +344,7 @@ class Rewriter:
             raise ValueError(f"cannot copy {describe(node)}: it holds subgraphs")
         new = self.graph.make_node(node.op_type, inputs, outputs=len(node.outputs), domain=node.domain,
                                    before=before or self.anchor)
-        for a in node.attrs.values():
-            new.set_attr(a.name, a.value, a.type)
+        new.copy_attrs(node)
         for key, value in (attrs or {}).items():
             new.set_attr(key, value)
         new.name, new.doc_string, new.metadata_props = node.name, node.doc_string, dict(node.metadata_props)
