@@ -166,6 +166,11 @@ class Value:
         return tuple(self._uses)
 
     @property
+    def num_uses(self) -> int:
+        """len(uses), without building the snapshot (a value may have thousands of readers)."""
+        return len(self._uses)
+
+    @property
     def consumers(self) -> list[Node]:
         """Distinct consuming nodes, in use order."""
         seen: dict[int, Node] = {}
@@ -490,6 +495,11 @@ class Graph:
     def __len__(self) -> int:
         return self._len
 
+    def nodes_with_subgraphs(self) -> Iterator[Node]:
+        """The nodes holding graphs, in order: what a walk over nested graphs visits (a flag check
+        per node, where calling ``subgraphs()`` on every node would cost a call each)."""
+        return (node for node in self if node._has_graphs)
+
     def all_nodes(self) -> Iterator[Node]:
         """Every node, including those inside subgraphs (a node before its subgraphs' nodes)."""
         for node in self:
@@ -535,8 +545,11 @@ class Graph:
         for out in node._outputs:
             if out is not None and out.is_used:
                 raise ValueError(f"cannot remove {node!r}: its output '{out.name}' is still used")
-        for i in range(len(node._inputs)):
-            node.set_input(i, None)
+        node._touch()
+        for i, v in enumerate(node._inputs):  # set_input(i, None), without re-checking per input
+            if v is not None:
+                del v._uses[(node, i)]
+                node._inputs[i] = None
         for g in node.subgraphs():  # outer values the subgraphs read lose those uses too
             for inner in list(g.all_nodes()):
                 for i in range(len(inner._inputs)):
@@ -560,9 +573,10 @@ class Graph:
         Output names are fresh; pass ``outputs`` as names only when they are known to be new.
         """
         node = Node(op_type, domain, self.fresh_name(name or op_type))
-        node._inputs = [None] * len(inputs)
-        for i, v in enumerate(inputs):
-            node.set_input(i, v)
+        node._inputs = list(inputs)
+        for i, v in enumerate(node._inputs):
+            if v is not None:
+                v._uses[(node, i)] = None
         if isinstance(outputs, int):
             names = [self.fresh_name(node._name if outputs == 1 else f"{node._name}_out{k}") for k in range(outputs)]
         else:
@@ -734,7 +748,7 @@ class Model:
             while stack:
                 g = stack.pop()
                 yield g
-                for node in g:
+                for node in g.nodes_with_subgraphs():
                     stack.extend(reversed(node.subgraphs()))
 
     def __repr__(self) -> str:

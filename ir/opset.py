@@ -182,5 +182,5 @@ def graphs_with_opset(model: Model) -> Iterator[tuple[Graph, int]]:
         while stack:
             g = stack.pop()
             yield g, version
-            for node in g:
+            for node in g.nodes_with_subgraphs():
                 stack.extend(reversed(node.subgraphs()))

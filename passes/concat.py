@@ -147,7 +147,7 @@ class MergeConstants(Rule):
 
     def check(self, m: Match) -> MatchResult:
         pieces = [(v, a) for v, a in zip(m.root.inputs, m.extra["consts"]) if v is not None and a is not None]
-        if sum(a.nbytes for _, a in pieces) > _FOLD_BYTES and any(len(v.uses) > 1 for v, _ in pieces):
+        if sum(a.nbytes for _, a in pieces) > _FOLD_BYTES and any(v.num_uses > 1 for v, _ in pieces):
             return MatchResult.fail("merging would copy large constants that other nodes also read")
         return MatchResult.OK
 

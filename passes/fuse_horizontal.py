@@ -36,8 +36,7 @@ from optgraph.passes.registry import register
 
 def single_consumer(v: ir.Value) -> ir.Node | None:
     """The one node that uses ``v`` (once), when ``v`` is not also a graph output."""
-    uses = v.uses
-    return uses[0][0] if len(uses) == 1 and not v.is_graph_output else None
+    return v.uses[0][0] if v.num_uses == 1 and not v.is_graph_output else None
 
 
 def split(rw: Rewriter, value: ir.Value, sizes: Sequence[int], axis: int) -> tuple[ir.Value, ...]:

@@ -26,6 +26,7 @@ nodes around each rewrite (a worklist seeded by op type, never a rescan of the g
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class OpPattern:
     keep: bool = False
     where: Callable[[ir.Node], bool] | None = None
 
-    @property
+    @functools.cached_property  # asked at every node the pattern is tried on
     def op_types(self) -> tuple[str, ...]:
         return (self.op_type,) if isinstance(self.op_type, str) else self.op_type
 
@@ -218,14 +219,14 @@ class _Matcher:
                 return f"{_where(at)}: {describe(node)} has {key}={got!r}{wanted}"
         if p.where is not None and not p.where(node):
             return f"{_where(at)}: {describe(node)} fails the pattern's condition"
-        if len(node.inputs) > len(p.inputs):
-            return f"{_where(at)}: {describe(node)} has {len(node.inputs)} inputs, the pattern {len(p.inputs)}"
+        inputs = node.inputs
+        if len(inputs) > len(p.inputs):
+            return f"{_where(at)}: {describe(node)} has {len(inputs)} inputs, the pattern {len(p.inputs)}"
         if p.name and (err := self._bind(p.name, node, at)):
             return err
         swap = p.commutative if p.commutative is not None else node.op_type in COMMUTATIVE
-        orders = [p.inputs] + ([p.inputs[::-1]] if swap and len(p.inputs) == 2 else [])
+        orders = (p.inputs, p.inputs[::-1]) if swap and len(p.inputs) == 2 else (p.inputs,)
         first_error = None
-        inputs = node.inputs
         for operands in orders:
             saved = (dict(self.captures), len(self.nodes), len(self.kept))
             error = None
@@ -234,7 +235,7 @@ class _Matcher:
                 if error:
                     break
             if error is None:
-                if all(n is not node for n in self.nodes):
+                if node not in self.nodes:  # nodes compare by identity
                     (self.kept if p.keep else self.nodes).append(node)
                 return None
             self.captures = saved[0]
@@ -414,16 +415,14 @@ def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0
     stats: Counter[str] = Counter()
     by_op: dict[tuple[str, str], list[Rule]] = {}
     for rule in sorted(rules, key=lambda r: -r.benefit):
+        domains = _ONNX_DOMAINS if rule.root_domain in _ONNX_DOMAINS else (rule.root_domain,)
         for op_type in rule.root_ops:
-            by_op.setdefault((rule.root_domain, op_type), []).append(rule)
+            for domain in domains:  # both spellings of the default domain: lookups need no normalizing
+                by_op.setdefault((domain, op_type), []).append(rule)
     if by_op:
         for graph in list(main_graphs(model)):  # function bodies are left as they are
             _run_worklist(model, graph, by_op, max_rewrites or 4 * len(graph) + 100, stats, trace)
     return stats
-
-
-def _key(node: ir.Node) -> tuple[str, str]:
-    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
 
 
 def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str], list[Rule]], cap: int,
@@ -433,13 +432,13 @@ def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str],
     queued: set[int] = set()
     for i, node in enumerate(graph):
         env._position[id(node)] = float(i)
-        if _key(node) in by_op:
+        if (node.domain, node.op_type) in by_op:
             queue.append(node)
             queued.add(id(node))
     rewrites = 0
 
     def push(node: ir.Node | None) -> None:
-        if node is not None and node.graph is graph and _key(node) in by_op and id(node) not in queued:
+        if node is not None and node.graph is graph and id(node) not in queued and (node.domain, node.op_type) in by_op:
             queue.append(node)
             queued.add(id(node))
 
@@ -448,7 +447,7 @@ def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str],
         queued.discard(id(node))
         if node.graph is not graph:
             continue  # removed by an earlier rewrite
-        for rule in by_op[_key(node)]:
+        for rule in by_op[node.domain, node.op_type]:
             m = rule.match(node, env)
             verdict = m if isinstance(m, MatchResult) else (safety(m) and rule.check(m))
             if not verdict:
@@ -477,14 +476,9 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
     anchor_pos = env._position.get(id(m.anchor), 0.0) - 0.5
     for node in rw.created:
         env._position[id(node)] = anchor_pos
-    created = {id(n) for n in rw.created}
     for old, new in zip(m.outputs, new_values):
-        if new is old:
-            continue
-        if new.producer is not None and id(new.producer) in created:
-            new.dtype = new.dtype or old.dtype  # the same tensor: keep what was known about it
-            new.shape = new.shape if new.shape is not None else old.shape
-        graph.replace_value(old, new)
+        if new is not old:
+            graph.replace_value(old, new)  # which also passes on what was known of old's type
     touched: list[ir.Node | None] = list(rw.created)
     for v in new_values:
         touched.extend(v.consumers)
@@ -498,8 +492,8 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
     for v in inputs:  # a value that lost uses: its producer, and a reader it now has to itself
         if v is not None:
             touched.append(v.producer)
-            readers = v.consumers if len(v.uses) == 1 else []
-            touched.extend(readers)
+            if v.num_uses == 1:
+                touched.extend(v.consumers)
     return touched
 
 

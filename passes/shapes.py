@@ -188,7 +188,7 @@ def main_graphs(model: ir.Model) -> Iterator[ir.Graph]:
     while stack:
         g = stack.pop()
         yield g
-        for node in g:
+        for node in g.nodes_with_subgraphs():
             stack.extend(node.subgraphs())
 
 
