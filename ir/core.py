@@ -11,6 +11,8 @@ Invariants every mutation keeps:
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -60,9 +62,7 @@ class Value:
                     tt = tp.tensor_type
                     self._dtype = tt.elem_type
                     if tt.HasField("shape"):
-                        self._shape = tuple(
-                            d.dim_value if which == "dim_value" else (d.dim_param if which == "dim_param" else None)
-                            for d in tt.shape.dim for which in (d.WhichOneof("value"),))
+                        self._shape = _dims(tt.shape.SerializeToString())
                 elif tp.WhichOneof("value") is not None:
                     self._type_proto = tp
             if vi.doc_string or vi.metadata_props:
@@ -208,6 +208,15 @@ class Value:
         return f"Value({self._name!r})"
 
 
+@functools.lru_cache(maxsize=4096)
+def _dims(encoded: bytes) -> Shape:
+    """A TensorShapeProto's dims. Most values of a model share a few shapes: each distinct one is
+    decoded once (keyed by its bytes, which cost far less than walking the dims)."""
+    shape = onnx.TensorShapeProto.FromString(encoded)
+    return tuple(d.dim_value if which == "dim_value" else (d.dim_param if which == "dim_param" else None)
+                 for d in shape.dim for which in (d.WhichOneof("value"),))
+
+
 class Attr:
     """One node attribute: its ONNX type and a Python value (decoded from the proto on first use).
 
@@ -322,12 +331,13 @@ class Node:
         # of every node many times; this makes the common answer (none) one attribute read.
         self._has_graphs = False
 
-    # Plain fields are properties so an edit drops the cached proto.
-    op_type = property(lambda self: self._op_type, lambda self, v: self._set("_op_type", v))
-    domain = property(lambda self: self._domain, lambda self, v: self._set("_domain", v))
-    overload = property(lambda self: self._overload, lambda self, v: self._set("_overload", v))
-    name = property(lambda self: self._name, lambda self, v: self._set("_name", v))
-    doc_string = property(lambda self: self._doc_string, lambda self, v: self._set("_doc_string", v))
+    # Plain fields are properties so an edit drops the cached proto. The getters are attrgetters
+    # (no Python frame): passes read op_type and domain millions of times on a large model.
+    op_type = property(operator.attrgetter("_op_type"), lambda self, v: self._set("_op_type", v))
+    domain = property(operator.attrgetter("_domain"), lambda self, v: self._set("_domain", v))
+    overload = property(operator.attrgetter("_overload"), lambda self, v: self._set("_overload", v))
+    name = property(operator.attrgetter("_name"), lambda self, v: self._set("_name", v))
+    doc_string = property(operator.attrgetter("_doc_string"), lambda self, v: self._set("_doc_string", v))
 
     def _set(self, field: str, value: str) -> None:
         self._touch()

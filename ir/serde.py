@@ -9,6 +9,7 @@ to external data past protobuf's 2 GB limit, and replaces the output file atomic
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from optgraph.ir.core import AT, Attr, Function, Graph, Model, Node, Value
+from optgraph.ir.core import AT, Attr, Function, Graph, Model, Node, Shape, Value
 from optgraph.ir.errors import InvalidModelError
 from optgraph.ir.order import stable_toposort
 from optgraph.ir.tensor import Tensor, check_external, read_external
@@ -358,6 +359,23 @@ class _Loader:
 # saving
 
 
+@functools.lru_cache(maxsize=4096)
+def _tensor_type(dtype: int, shape: Shape | None) -> onnx.TypeProto:
+    """The TypeProto of a tensor (copied, never edited: values of a model share a few types)."""
+    tp = onnx.TypeProto()
+    tt = tp.tensor_type
+    tt.elem_type = dtype
+    if shape is not None:
+        tt.shape.SetInParent()
+        for d in shape:
+            dim = tt.shape.dim.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            elif d is not None:
+                dim.dim_value = int(d)  # numpy ints hash as ints: both must give the same entry
+    return tp
+
+
 def _value_info(v: Value) -> onnx.ValueInfoProto:
     """The value's entry: the loaded one while the value is unedited, else a new one."""
     if v._vi is not None:
@@ -366,17 +384,7 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
     if v.type_proto is not None:
         vi.type.CopyFrom(v.type_proto)
     elif v.dtype or v.shape is not None:
-        tt = vi.type.tensor_type
-        tt.elem_type = v.dtype
-        if v.shape is not None:
-            shape = tt.shape
-            shape.SetInParent()
-            for d in v.shape:
-                dim = shape.dim.add()
-                if isinstance(d, int):
-                    dim.dim_value = d
-                elif isinstance(d, str):
-                    dim.dim_param = d
+        vi.type.CopyFrom(_tensor_type(v.dtype, v.shape))
     if v.doc_string:
         vi.doc_string = v.doc_string
     for k, val in v.metadata_props.items():

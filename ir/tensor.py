@@ -122,7 +122,14 @@ class Tensor:
             proto.CopyFrom(self._proto)
             proto.name = name
             return proto
-        proto = numpy_helper.from_array(self.numpy(), name)
+        array, raw = self.numpy(), _RAW_DTYPES.get(self.dtype)
+        if raw is None:
+            proto = numpy_helper.from_array(array, name)
+        else:  # what from_array builds, without its per-call type dispatch (rewrites make many)
+            proto = onnx.TensorProto(dims=array.shape, data_type=self.dtype,
+                                     raw_data=array.astype(raw, copy=False).tobytes())
+            if name:
+                proto.name = name
         if self._proto is not None:
             proto.doc_string = self._proto.doc_string
             proto.metadata_props.extend(self._proto.metadata_props)
@@ -146,14 +153,14 @@ _RAW_DTYPES = {
 def _from_raw(proto: onnx.TensorProto) -> np.ndarray | None:
     """The data of a plain-typed tensor stored as raw_data, read in place (read-only, no copy).
 
-    numpy_helper.to_array costs about ten times more per call, which counts when a pass reads
-    tens of thousands of small weights; None sends every other case (typed fields, packed and
-    float8 types, strings, a size mismatch) to it.
+    numpy_helper.to_array's type dispatch costs more than the read itself, which counts when a
+    pass reads tens of thousands of small weights; None sends every other case (typed fields,
+    packed and float8 types, strings, a size mismatch) to it.
     """
     dtype = _RAW_DTYPES.get(proto.data_type)
-    if dtype is None or not proto.HasField("raw_data"):
+    if dtype is None:
         return None
-    raw = proto.raw_data
+    raw = proto.raw_data  # b"" when absent: then only an empty tensor passes the size check
     shape = tuple(proto.dims)
     if len(raw) != math.prod(shape) * dtype.itemsize:
         return None

@@ -76,3 +76,34 @@ def test_copy_attrs_copies_every_attribute_and_refuses_subgraphs() -> None:
     assert conv.attr("alpha") == 0.5
     with pytest.raises(ValueError, match="subgraphs"):
         copy.copy_attrs(next(n for n in graph if n.op_type == "If"))
+
+
+@pytest.mark.parametrize("dtype", PLAIN, ids=lambda d: np.dtype(d).name)
+def test_new_tensors_encode_as_from_array_does(dtype: type) -> None:
+    a = (np.arange(6) % 3).astype(dtype).reshape(2, 3)
+    for name in ("", "w"):
+        assert ir.Tensor(array=a).to_proto(name).SerializeToString() == \
+            numpy_helper.from_array(a, name).SerializeToString()
+
+
+def test_value_types_round_trip_through_the_shared_caches() -> None:
+    model = load_text(BRANCHES)
+    x = model.graph.inputs[1]
+    assert x.shape == ("N", 2)  # decoded from the file
+    y = model.graph.make_node("Neg", [x]).output
+    y.dtype, y.shape = onnx.TensorProto.FLOAT, (np.int64(3), "M", None)  # a numpy int as a dim
+    z = model.graph.make_node("Neg", [y]).output
+    z.dtype, z.shape = onnx.TensorProto.FLOAT, (3, "M", None)
+    back = ir.from_bytes(ir.to_proto(model).SerializeToString())
+    got = {v.name: v.shape for n in back.graph for v in n.outputs if v is not None}
+    assert got[y.name] == got[z.name] == (3, "M", None)
+
+
+def test_use_counts_and_subgraph_holders() -> None:
+    model = load_text(BRANCHES)
+    graph = model.graph
+    a = next(n for n in graph if n.op_type == "Neg").output
+    assert a.num_uses == len(a.uses) == 2  # read by a node of each If branch
+    graph.make_node("Add", [a, a])
+    assert a.num_uses == len(a.uses) == 4
+    assert [n.op_type for n in graph.nodes_with_subgraphs()] == ["If"]
