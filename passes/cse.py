@@ -7,8 +7,9 @@ rewires the duplicate's consumers, which come later in the sweep and so already 
 inputs when they are looked at. Random ops, ops of unknown domains (they may keep state) and
 nodes holding subgraphs are never merged.
 
-Initializers with the same dtype, shape and bytes merge the same way (content is hashed only
-when two of them share a dtype and shape; equal hashes are confirmed byte by byte).
+Initializers with the same dtype, shape and bytes merge the same way (contents are compared only
+when two of them share a dtype and shape: small ones by their bytes, large ones by a hash that
+equal bytes then confirm).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def content(t: ir.Tensor) -> bytes:
     return t.tobytes()
 
 
+_SMALL = 1024  # bytes
+
+
 class _Digests:
     """Content hashes of constants, kept across a pipeline's iterations (the pass object lives
     that long); each entry holds its tensor so the id cannot be reused by another object."""
@@ -96,10 +100,14 @@ class CommonSubexpressionElimination(Pass):
         for group in by_type.values():
             if len(group) < 2:
                 continue
+            # Small constants (most of them: biases, scales, shape vectors) are grouped by their
+            # bytes, cheaper than a digest; large ones by a cached digest, so their bytes are not
+            # all held at once.
+            small = group[0].const.nbytes <= _SMALL  # type: ignore[union-attr]
             firsts: dict[bytes, list[ir.Value]] = {}
             for v in group:
                 assert v.const is not None
-                same = firsts.setdefault(self._digests.of(v.const), [])
+                same = firsts.setdefault(content(v.const) if small else self._digests.of(v.const), [])
                 kept = None
                 if same and not v.is_graph_output:
                     data = content(v.const)

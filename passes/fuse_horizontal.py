@@ -100,6 +100,8 @@ class _Horizontal(Rule):
 
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
         x = node.inputs[0]
+        if x is not None and x.num_uses < self.min_branches:  # most layers: no siblings to look at
+            return MatchResult.fail(f"'{x.name}' has {x.num_uses} reader(s), {self.min_branches} branches needed")
         # Readers are grouped (and their keys computed) once per input, so a value read by many
         # layers is not rescanned per reader. Rewrites only remove members (filtered here) and
         # add wide layers whose group they emptied, so the grouping stays right for the rest of
