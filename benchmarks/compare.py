@@ -322,6 +322,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], out: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     real = [m for m in results if not m.startswith("synthetic-")]
     if real:
@@ -356,16 +357,19 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], out: P
     synth = sorted((m for m in results if m.startswith("synthetic-")), key=lambda m: int(m.split("-")[1]))
     if synth:
         fig, ax = plt.subplots(figsize=(7, 5))
-        for tool in tools:
-            pts = [(results[m][ORIGINAL].get("nodes") or int(m.split("-")[1]), results[m].get(tool, {})) for m in synth]
+        sizes = [results[m][ORIGINAL].get("nodes") or int(m.split("-")[1]) for m in synth]
+        for i, tool in enumerate(tools):
+            pts = [(n, results[m].get(tool, {})) for n, m in zip(sizes, synth)]
             done = [(n, r["seconds"]) for n, r in pts if "seconds" in r]
-            capped = [n for n, r in pts if r.get("error") == common.TIMEOUT]
+            capped = [n * (1 + 0.06 * i) for n, r in pts if r.get("error") == common.TIMEOUT]  # spread overlaps
             line, = ax.plot(*zip(*done), "o-", label=tool) if done else ax.plot([], [], "o-", label=tool)
             if capped:
-                ax.plot(capped, [timeout] * len(capped), "x", color=line.get_color(), ms=10)
+                ax.plot(capped, [timeout] * len(capped), "x", color=line.get_color(), ms=10, mew=2)
         ax.axhline(timeout, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(sizes, [f"{n / 1000:.3g}k" for n in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("nodes")
         ax.set_ylabel("optimize time incl. load+save (s)")
         ax.set_title(f"Time growth on the synthetic series (x: timeout at {timeout:.0f} s)")
