@@ -555,9 +555,9 @@ class Graph:
         for out in node._outputs:
             if out is not None and out.is_used:
                 raise ValueError(f"cannot remove {node!r}: its output '{out.name}' is still used")
-        node._touch()
-        for i, v in enumerate(node._inputs):  # set_input(i, None), without re-checking per input
+        for i, v in enumerate(node._inputs):  # set_input(i, None) without its per-call checks
             if v is not None:
+                node._touch()
                 del v._uses[(node, i)]
                 node._inputs[i] = None
         for g in node.subgraphs():  # outer values the subgraphs read lose those uses too
