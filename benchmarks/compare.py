@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per tool per model")
     parser.add_argument("--model-dir", type=Path, default=models.DEFAULT_OUT)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where compare.md and the plots go")
+    parser.add_argument("--reuse", type=Path, metavar="JSON",
+                        help="an earlier compare.json: its results fill in the tools not run now "
+                             "(rerun optgraph after a change without waiting for the peers again)")
     args = parser.parse_args(argv)
 
     selected = select_models(args.models, args.quick, args.model_dir)
@@ -430,10 +433,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = QUICK_LATENCY_BUDGET_S if args.quick else LATENCY_BUDGET_S
     results = run(selected, args.tools, args.timeout, budget, lambda s: print(s, flush=True))
+    tools = args.tools
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())
+        for label, res in results.items():
+            for tool, r in earlier.get(label, {}).items():
+                res.setdefault(tool, r)
+        tools = [t for t in TOOLS if any(t in res for res in results.values())]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.md").write_text(render(results, args.tools, args.timeout))
+    (args.out / "compare.md").write_text(render(results, tools, args.timeout))
     (args.out / "compare.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    plot(results, args.tools, args.out, args.timeout)
+    plot(results, tools, args.out, args.timeout)
     print(f"wrote {args.out / 'compare.md'}")
     return 0
 
