@@ -15,8 +15,12 @@ register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches
 # no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and
 # TensorRT rewrites on the simplified graph, then fusion, dead code last; repeated until an
 # iteration changes nothing. Horizontal fusion only where no Split is needed: TensorRT fuses
-# same-input layers itself and imports a Split as a dozen layers.
-register_group("default", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
-                           "tensorrt-ready", *[p if p != "fuse-horizontal" else "fuse-horizontal{split=false}"
-                                               for p in FUSE], "remove-dead"],
-               "The standard optimization pipeline: the smallest equivalent graph, for TensorRT", fixed_point=True)
+# same-input layers itself and imports a Split as a dozen layers. Conv+activation units are made
+# once, after the loop: they hide the Conv from every rewrite that could still apply to it.
+register_group("simplify", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
+                            "tensorrt-ready", *[p if p != "fuse-horizontal" else "fuse-horizontal{split=false}"
+                                                for p in FUSE if p != "fuse-conv-act"], "remove-dead"],
+               "Fold, clean up and fuse until nothing changes (default without the conv+activation units)",
+               fixed_point=True)
+register_group("default", ["simplify", "fuse-conv-act", "remove-dead"],
+               "The standard optimization pipeline: the smallest equivalent graph, for TensorRT")
