@@ -2,7 +2,7 @@
 
 Exporters spell the "same" padding of strided convolutions (TensorFlow style, EfficientNet) as an
 explicit Pad. A constant-mode Pad of value 0 that pads only the spatial axes, by non-negative
-amounts, and feeds only a Conv with explicit padding (auto_pad NOTSET) computes exactly that Conv
+amounts, and feeds only a Conv with explicit padding (auto_pad NOTSET or VALID) computes exactly that Conv
 with the pads added together. Everything else is left alone: edge and reflect modes, a non-zero
 value, negative pads (crops), padding of the batch or channel axes, a Pad with an ``axes`` input,
 and Pads in front of pools (a zero would win a max where a pool's own padding never does).
@@ -43,8 +43,8 @@ class PadIntoConv(Rule):
             return MatchResult.fail("the Pad is not a constant pad with value 0")
         if len(pad.inputs) > 3 and pad.inputs[3] is not None:
             return MatchResult.fail("the Pad has an axes input")
-        if conv.attr("auto_pad", "NOTSET") != "NOTSET":
-            return MatchResult.fail("the Conv uses auto_pad")
+        if conv.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return MatchResult.fail("the Conv uses SAME auto_pad")
         if pads is None:
             return MatchResult.fail("the Pad's pads are not constant")
         rank = len(pads) // 2
@@ -58,10 +58,10 @@ class PadIntoConv(Rule):
         assert pads is not None
         rank = len(pads) // 2
         spatial = rank - 2
-        own = list(conv.attr("pads", [0] * (2 * spatial)))
+        own = list(conv.attr("pads", [0] * (2 * spatial)))  # auto_pad VALID: no padding of its own
         merged = [own[i] + pads[2 + i] for i in range(spatial)] + \
                  [own[spatial + i] + pads[rank + 2 + i] for i in range(spatial)]
-        return rw.like(conv, [m.value("x"), *conv.inputs[1:]], {"pads": merged})
+        return rw.like(conv, [m.value("x"), *conv.inputs[1:]], {"pads": merged, "auto_pad": "NOTSET"})
 
 
 @register

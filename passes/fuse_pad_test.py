@@ -25,9 +25,24 @@ def test_input_form_pad_becomes_conv_pads() -> None:
         }}""", f"""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1,1,5,5] x) => (float[1,1,3,4] y) <{W}> {{
-          y = Conv<strides=[2,2], pads=[0,1,2,1]>(x, w)
+          y = Conv<auto_pad="NOTSET", strides=[2,2], pads=[0,1,2,1]>(x, w)
         }}""")
     assert report.totals() == {"pad-into-conv": 1}
+
+
+def test_valid_auto_pad_conv_takes_the_pads() -> None:
+    before = f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,1,5,5] x) => (float[1,1,3,3] y) <{W}, int64[8] p = {{0, 0, 0, 0, 0, 0, 1, 1}}> {{
+          t = Pad(x, p)
+          y = Conv<auto_pad="VALID", strides=[2,2]>(t, w)
+        }}"""
+    assert_equivalent(parser.parse_model(before), rewrite_text("fuse-pad-conv", before)[0])
+    assert_rewrites_to("fuse-pad-conv", before, f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,1,5,5] x) => (float[1,1,3,3] y) <{W}> {{
+          y = Conv<auto_pad="NOTSET", strides=[2,2], pads=[0,0,1,1]>(x, w)
+        }}""")
 
 
 def test_attribute_form_pad_at_opset_10() -> None:
@@ -39,7 +54,7 @@ def test_attribute_form_pad_at_opset_10() -> None:
         }}""", f"""
         <ir_version: 5, opset_import: ["" : 10]>
         g (float[1,1,5,5] x) => (float[1,1,5,5] y) <{W}> {{
-          y = Conv<pads=[1, 1, 1, 1]>(x, w)
+          y = Conv<auto_pad="NOTSET", pads=[1, 1, 1, 1]>(x, w)
         }}""")
 
 
@@ -48,7 +63,7 @@ REFUSED = {
     "non-zero value": 't = Pad(x, p, one)\n y = Conv(t, w)',
     "channel padding": 't = Pad(x, pc)\n y = Conv(t, w2)',
     "crop": 't = Pad(x, neg)\n y = Conv(t, w)',
-    "auto_pad conv": 't = Pad(x, p)\n y = Conv<auto_pad="SAME_UPPER">(t, w)',
+    "same auto_pad conv": 't = Pad(x, p)\n y = Conv<auto_pad="SAME_UPPER">(t, w)',
     "pad used elsewhere": 't = Pad(x, p)\n c = Conv(t, w)\n y = Add(c, c)\n z = Identity(t)',
     "max pool": 't = Pad(x, p)\n y = MaxPool<kernel_shape=[3,3]>(t)',
 }
