@@ -201,7 +201,7 @@ def test_pipeline_is_deterministic() -> None:
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("site")
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(site), str(root / "examples" / "plugin")], check=True)
     broken = site / "broken_plugin-0.1.dist-info"
     broken.mkdir()
