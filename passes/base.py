@@ -57,6 +57,7 @@ class PassContext:
 
     def __init__(self, *, dims: Mapping[str, int] | None = None) -> None:
         self.dims: dict[str, int] = dict(dims or {})
+        self.ranges: dict[str, float] = {}  # max |value| per tensor name, from calibration data
         self._cache: dict[str, Any] = {}
         self.results: dict[str, Any] = {}  # what analysis passes report (e.g. a memory plan)
 
