@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gc
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -583,7 +584,7 @@ def _save(model: Model, path: str, external_data: bool | None, size_threshold: i
     try:
         data_tmp = None
         if external_data:
-            data_tmp = _temp(folder, location, temps)
+            data_tmp = _temp(os.path.join(folder, location), temps)
         shell = _model_shell(model)
         gp = onnx.GraphProto()
         _graph_proto(model.graph, gp, initializers=False)
@@ -597,7 +598,7 @@ def _save(model: Model, path: str, external_data: bool | None, size_threshold: i
                     else:
                         yield t.to_proto(v.name)
             chunks = [gp.SerializeToString(), *_initializer_batches(tensor_protos())]
-        model_tmp = _temp(folder, os.path.basename(path), temps)
+        model_tmp = _temp(path, temps)
         with open(model_tmp, "wb") as f:
             f.write(shell.SerializeToString())
             f.write(_varint((_MODEL_GRAPH_FIELD << 3) | 2) + _varint(sum(map(len, chunks))))
@@ -621,11 +622,38 @@ class _nullfile:
         return None
 
 
-def _temp(folder: str, name: str, temps: list[str]) -> str:
+def _temp(final: str, temps: list[str]) -> str:
+    """A temporary file beside ``final`` with the mode ``final`` will have: an existing file's mode,
+    else what ``open()`` gives under the current umask (mkstemp alone makes it owner-only)."""
+    folder, name = os.path.split(os.path.abspath(final))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
     temps.append(tmp)
+    try:
+        if os.path.exists(final):
+            mode = stat.S_IMODE(os.stat(final).st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     return tmp
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it appears complete or not at all (engines, caches, reports)."""
+    temps: list[str] = []
+    try:
+        tmp = _temp(path, temps)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        temps.clear()
+    finally:
+        for t in temps:
+            if os.path.exists(t):
+                os.unlink(t)
 
 
 def _externalize(tensor: Tensor, name: str, data_file: Any, location: str) -> onnx.TensorProto:
