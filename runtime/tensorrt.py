@@ -20,9 +20,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optgraph.ir.errors import OptGraphError
+
+if TYPE_CHECKING:
+    from optgraph.runtime.engine import EngineReport
 
 ModelSource = str | os.PathLike[str] | bytes
 
@@ -85,6 +88,9 @@ class BuildResult:
     engine_bytes: int | None = None
     errors: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    report: EngineReport | None = None  # the engine layer by layer (from the DETAILED build log)
+    engine: bytes | None = None  # the serialized engine, when asked for
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_memory_log(lines: Iterable[str]) -> tuple[int | None, int | None]:
@@ -123,7 +129,7 @@ def _parser_errors(parser: Any) -> list[str]:
 class _Session:
     """A builder, network and parser sharing one capturing logger (TensorRT wants them kept alive together)."""
 
-    def __init__(self, source: ModelSource) -> None:
+    def __init__(self, source: ModelSource, *, strongly_typed: bool = False) -> None:
         self.trt = trt()
         self.lines: list[str] = []
         self.log_errors: list[str] = []
@@ -132,6 +138,8 @@ class _Session:
         flags = 0
         if hasattr(self.trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it
             flags = 1 << int(self.trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if strongly_typed and hasattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            flags |= 1 << int(self.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         self.network = self.builder.create_network(flags)
         self.parser = self.trt.OnnxParser(self.network, self.logger)
         if isinstance(source, bytes):
@@ -152,50 +160,117 @@ def parse(model: ModelSource) -> ParseResult:
     return ParseResult(s.ok, s.network.num_layers, s.errors)
 
 
-def _profile_shape(tensor: Any, shapes: Mapping[str, Sequence[int]], dims: Mapping[str, int]) -> tuple[int, ...]:
+Profile = Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]]  # input -> (min, opt, max)
+
+
+class ShapeError(OptGraphError):
+    """A dynamic input without a shape for the optimization profile."""
+
+
+def _profile_shape(tensor: Any, shapes: Mapping[str, Sequence[int]], dims: Mapping[str, int],
+                   strict: bool) -> tuple[int, ...]:
     if tensor.name in shapes:
         return tuple(shapes[tensor.name])
     out = []
     for i, d in enumerate(tensor.shape):
         if d >= 0:
             out.append(d)
+            continue
+        name = tensor.get_dimension_name(i) or ""
+        if name in dims:
+            out.append(dims[name])
+        elif strict:
+            what = f"dim '{name}'" if name else f"dim {i}"
+            raise ShapeError(f"input '{tensor.name}' has a dynamic {what}: give --shapes {tensor.name}:DIMS, "
+                             f"--min/--opt/--max {tensor.name}:DIMS" + (f" or --dim {name}=N" if name else ""))
         else:
-            out.append(dims.get(tensor.get_dimension_name(i) or "", 1))
+            out.append(1)
     return tuple(out)
 
 
-def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = None,
-          dims: Mapping[str, int] | None = None, optimization_level: int | None = None,
-          keep_log: bool = True) -> BuildResult:
-    """Build an engine ahead of time and report its layer count and memory totals.
+def _timing_cache_key() -> bytes:
+    return f"optgraph timing cache for {flavor()}\n".encode()
 
-    Dynamic inputs get a one-point optimization profile: the shape given in ``shapes`` (by input
-    name), else each symbolic dim from ``dims`` (by dim_param name), else 1.
+
+def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = None,
+          dims: Mapping[str, int] | None = None, profiles: Sequence[Profile] = (),
+          optimization_level: int | None = None, workspace_bytes: int | None = None,
+          timing_cache: str | os.PathLike[str] | None = None, strongly_typed: bool = True,
+          strict_shapes: bool = False, keep_log: bool = True, keep_engine: bool = False) -> BuildResult:
+    """Build an engine ahead of time: its layer count, memory totals and DETAILED engine report.
+
+    Dynamic inputs get one optimization profile per entry of ``profiles`` (input name -> min, opt,
+    max); without any, a one-point profile: the shape in ``shapes`` (by input name), else each
+    symbolic dim from ``dims`` (by dim_param name), else 1 (``strict_shapes``: an error instead).
+    The network is strongly typed (the graph's Casts and Q/DQ decide each layer's precision).
+    ``timing_cache`` is loaded when it exists and matches this TensorRT, and saved after the
+    build; a cache from another TensorRT is a warning in ``warnings`` and is rebuilt.
     """
+    from optgraph.runtime import engine as engine_report
+
     start = time.perf_counter()
-    s = _Session(model)
+    s = _Session(model, strongly_typed=strongly_typed)
     if not s.ok:
         return BuildResult(False, s.network.num_layers, None, None, time.perf_counter() - start,
                            errors=s.errors, log=s.lines if keep_log else [])
     config = s.builder.create_builder_config()
+    config.profiling_verbosity = s.trt.ProfilingVerbosity.DETAILED
     if optimization_level is not None:
         config.builder_optimization_level = optimization_level
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(s.trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    warnings: list[str] = []
+    cache = _load_timing_cache(config, timing_cache, warnings)
     inputs = [s.network.get_input(i) for i in range(s.network.num_inputs)]
-    if any(-1 in tuple(t.shape) for t in inputs):
-        profile = s.builder.create_optimization_profile()
-        for t in inputs:
-            shape = _profile_shape(t, shapes or {}, dims or {})
-            if t.is_shape_tensor:
-                profile.set_shape_input(t.name, shape, shape, shape)
-            else:
-                profile.set_shape(t.name, shape, shape, shape)
-        config.add_optimization_profile(profile)
+    dynamic = [t for t in inputs if -1 in tuple(t.shape)]
+    if dynamic:
+        if not profiles:
+            one = {t.name: (_profile_shape(t, shapes or {}, dims or {}, strict_shapes),) * 3 for t in dynamic}
+            profiles = [one]
+        for k, given in enumerate(profiles):
+            missing = [t.name for t in dynamic if t.name not in given]
+            if missing:
+                raise ShapeError(f"profile {k + 1} has no shapes for dynamic input '{missing[0]}'")
+            profile = s.builder.create_optimization_profile()
+            for t in dynamic:
+                lo, opt, hi = (tuple(x) for x in given[t.name])
+                (profile.set_shape_input if t.is_shape_tensor else profile.set_shape)(t.name, lo, opt, hi)
+            config.add_optimization_profile(profile)
     engine = s.builder.build_serialized_network(s.network, config)
     seconds = time.perf_counter() - start
-    activation, weights = parse_memory_log(s.lines)
+    if engine is not None and timing_cache is not None:
+        _save_timing_cache(config, cache, timing_cache)
     errors = list(s.log_errors)
     if engine is None and not errors:
         errors = ["the engine build failed without an error message"]
-    return BuildResult(engine is not None, s.network.num_layers, activation, weights, seconds,
-                       engine_bytes=engine.nbytes if engine is not None else None,
-                       errors=errors, log=s.lines if keep_log else [])
+    report = engine_report.parse_build_log(s.lines)
+    report.build_seconds, report.flavor = seconds, flavor()
+    return BuildResult(engine is not None, s.network.num_layers, report.activation_bytes, report.weights_bytes,
+                       seconds, engine_bytes=engine.nbytes if engine is not None else None,
+                       errors=errors, log=s.lines if keep_log else [], report=report,
+                       engine=bytes(engine) if engine is not None and keep_engine else None, warnings=warnings)
+
+
+def _load_timing_cache(config: Any, path: str | os.PathLike[str] | None, warnings: list[str]) -> Any:
+    data = b""
+    if path is not None and os.path.isfile(path):
+        with open(path, "rb") as f:
+            blob = f.read()
+        key = _timing_cache_key()
+        if blob.startswith(key):
+            data = blob[len(key):]
+        else:
+            warnings.append(f"timing cache '{os.fspath(path)}' is from another TensorRT; rebuilding it")
+    cache = config.create_timing_cache(data)
+    if cache is None and data:
+        warnings.append(f"timing cache '{os.fspath(path)}' is unreadable; rebuilding it")
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _save_timing_cache(config: Any, cache: Any, path: str | os.PathLike[str]) -> None:
+    from optgraph.ir.serde import write_atomic
+
+    blob = config.get_timing_cache().serialize()
+    write_atomic(os.fspath(path), _timing_cache_key() + bytes(blob))
