@@ -675,9 +675,7 @@ class Graph:
             new.shape = old.shape if new.shape is None else new.shape
         if not old.is_graph_output:
             return
-        takes_name = (new.producer is not None and new.producer.graph is self and not new.is_graph_output
-                      and not new.is_graph_input and new.const is None)
-        keep = new if takes_name else self.make_node("Identity", [new], name=old.name + "_identity").output
+        keep = new if self.can_take_name(new) else self.make_node("Identity", [new], name=old.name + "_identity").output
         out_name = old.name
         old._rename(self.fresh_name(out_name + "_replaced"))
         keep._rename(out_name)
@@ -688,11 +686,23 @@ class Graph:
             if o is old:
                 self.set_output(i, keep)
 
-    def sort(self) -> None:
-        """Re-establish topological order (stable: keeps the current order where it can)."""
-        from optgraph.ir.order import topological_order
+    def can_take_name(self, value: Value) -> bool:
+        """Whether ``value`` can take over a graph output's name (``replace_value`` then needs no
+        Identity): a node output of this very graph that is not already an input or output."""
+        return (value.producer is not None and value.producer.graph is self and not value.is_graph_output
+                and not value.is_graph_input and value.const is None)
 
-        order = topological_order(self)
+    def replace_if_free(self, old: Value, new: Value) -> bool:
+        """``replace_value(old, new)`` unless that would need an Identity to keep a graph output's
+        name; returns whether it replaced."""
+        if old.is_graph_output and not self.can_take_name(new):
+            return False
+        self.replace_value(old, new)
+        return True
+
+    def reorder(self, order: list[Node]) -> None:
+        """Relink this graph's nodes in ``order`` (a permutation of them; ``ir.order.sort`` passes
+        a topological one)."""
         self._head = self._tail = None
         for node in order:
             node._prev = node._next = None
@@ -750,16 +760,23 @@ class Model:
             return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 0))
         return self.opset_imports.get(domain, 0)
 
-    def all_graphs(self) -> Iterator[Graph]:
-        """The main graph, function bodies, and every subgraph nested in them."""
-        roots = [self.graph, *(f.graph for f in self.functions.values())]
-        for root in roots:
-            stack = [root]
-            while stack:
-                g = stack.pop()
-                yield g
-                for node in g.nodes_with_subgraphs():
-                    stack.extend(reversed(node.subgraphs()))
+    def all_graphs(self, functions: bool = True) -> Iterator[Graph]:
+        """The main graph, function bodies (unless ``functions`` is False), and every subgraph
+        nested in them."""
+        yield from walk_graphs(self.graph)
+        if functions:
+            for f in self.functions.values():
+                yield from walk_graphs(f.graph)
 
     def __repr__(self) -> str:
         return f"Model(opset={self.opset_imports}, {len(self.graph)} nodes)"
+
+
+def walk_graphs(root: Graph) -> Iterator[Graph]:
+    """``root`` and every subgraph nested in it: the one graph walker."""
+    stack = [root]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.nodes_with_subgraphs():
+            stack.extend(reversed(node.subgraphs()))

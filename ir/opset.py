@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from optgraph.ir.constants import constant_array
-from optgraph.ir.core import Graph, Model, Node, Shape
+from optgraph.ir.core import Graph, Model, Node, Shape, walk_graphs
 
 
 class _Absent(enum.Enum):
@@ -165,6 +166,42 @@ def slice_params(node: Node, opset: int) -> tuple[list[int], list[int], list[int
     return (starts, ends, None if ax is ABSENT else ax, None if steps is ABSENT else steps)  # type: ignore[return-value]
 
 
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
+"""Domains of the ONNX standard: their ops are pure (no effects beyond their outputs)."""
+
+
+def removable(node: Node, model: Model) -> bool:
+    """A node dead-code elimination may delete: a pure op of a known domain or a call of a
+    model-local function."""
+    if node.domain in KNOWN_DOMAINS:
+        return True
+    return (node.domain, node.op_type, node.overload) in model.functions
+
+
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+               "Celu", "Softplus", "ThresholdedRelu", "Mish", "Gelu")
+"""Elementwise activations a conv can be fused with (all take one tensor; Clip also min and max)."""
+
+
+def attrs_key(node: Node) -> tuple[Any, ...]:
+    """A hashable digest of a node's attributes (equal for equal attributes)."""
+    return tuple(sorted((a.name, a.type, repr(a.value)) for a in node.attrs.values()))
+
+
+def activation_key(act: Node) -> tuple[Any, ...] | None:
+    """What makes two activation nodes compute the same function; None if an operand is not constant."""
+    bounds = []
+    for v in act.inputs[1:]:
+        if v is None:
+            bounds.append(None)
+            continue
+        a = constant_array(v)
+        if a is None:
+            return None
+        bounds.append((a.dtype.str, a.tolist()))
+    return (act.op_type, attrs_key(act), tuple(bounds))
+
+
 RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                         "Multinomial"})
 """Ops whose result differs from run to run: never folded, never merged."""
@@ -178,9 +215,5 @@ def graphs_with_opset(model: Model) -> Iterator[tuple[Graph, int]]:
         version = fn.opset_imports.get("", fn.opset_imports.get("ai.onnx", model.opset()))
         roots.append((fn.graph, version))
     for root, version in roots:
-        stack = [root]
-        while stack:
-            g = stack.pop()
+        for g in walk_graphs(root):
             yield g, version
-            for node in g.nodes_with_subgraphs():
-                stack.extend(reversed(node.subgraphs()))

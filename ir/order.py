@@ -65,3 +65,8 @@ def topological_order(graph: Graph) -> list[Node]:
                 edges.append((index[id(v.producer)], i))
     order = stable_toposort(len(nodes), edges, [n.name or n.op_type for n in nodes])
     return [nodes[i] for i in order]
+
+
+def sort(graph: Graph) -> None:
+    """Re-establish topological order (stable: keeps the current order where it can)."""
+    graph.reorder(topological_order(graph))

@@ -20,7 +20,6 @@ from typing import Any
 from optgraph import ir
 from optgraph.ir.opset import RANDOM_OPS
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
-from optgraph.passes.noops import takes_name
 from optgraph.passes.registry import register
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
@@ -147,7 +146,7 @@ class CommonSubexpressionElimination(Pass):
 def _rewire(graph: ir.Graph, dup: ir.Node, kept: ir.Node) -> bool:
     """Point ``dup``'s consumers at ``kept``'s outputs, unless a graph output would need an Identity."""
     pairs = [(d, k) for d, k in zip(dup.outputs, kept.outputs) if d is not None and k is not None]
-    if any(d.is_graph_output and not takes_name(graph, k) for d, k in pairs):
+    if any(d.is_graph_output and not graph.can_take_name(k) for d, k in pairs):
         return False
     for d, k in pairs:
         graph.replace_value(d, k)

@@ -16,18 +16,9 @@ from optgraph.ir import opset as ops
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
 
-KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
-
 # Ops whose optional outputs switch the computation itself (BatchNormalization before opset 14
 # computes in training mode exactly when its statistics outputs are present).
 _OUTPUTS_MATTER = frozenset({"BatchNormalization"})
-
-
-def removable(node: ir.Node, model: ir.Model) -> bool:
-    """A node DCE may delete: a pure op of a known domain or a call of a model-local function."""
-    if node.domain in KNOWN_DOMAINS:
-        return True
-    return (node.domain, node.op_type, node.overload) in model.functions
 
 
 @functools.cache
@@ -79,7 +70,7 @@ class DeadCodeElimination(Pass):
         # inner graphs first: they use outer values
         for graph, opset in reversed(list(ops.graphs_with_opset(model))):
             for node in reversed(graph):  # consumers before producers: chains die in one sweep
-                if not any(v is not None and v.is_used for v in node.outputs) and removable(node, model):
+                if not any(v is not None and v.is_used for v in node.outputs) and ops.removable(node, model):
                     graph.remove(node)
                     stats["nodes_removed"] += 1
                 elif dropped := _drop_unused_optional_outputs(node, opset):

@@ -35,7 +35,7 @@ from optgraph.ir import opset as ops
 from optgraph.ir.serde import node_proto
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import main_graphs, shape_of
+from optgraph.passes.shapes import shape_of
 
 # Ops whose output can be much larger than their inputs: evaluated only when shape inference
 # says how large the result will be.
@@ -81,7 +81,7 @@ class FoldConstants(Pass):
         self._ctx = ctx
         opset = model.opset()
         opsets = {d or "": v for d, v in model.opset_imports.items()}
-        for graph in main_graphs(model):  # function bodies cannot hold initializers
+        for graph in model.all_graphs(functions=False):  # function bodies cannot hold initializers
             for node in graph:
                 if node.domain not in ("", "ai.onnx") or any(v is not None and v.is_graph_output for v in node.outputs):
                     continue

@@ -24,34 +24,12 @@ from typing import Any
 import numpy as np
 
 from optgraph import ir
+from optgraph.ir.opset import ACTIVATIONS, attrs_key
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.pattern import Match, RewritePass, Rewriter, Rule, Var, op
-from optgraph.passes.shapes import main_graphs
 from optgraph.passes.registry import register
 
 FUSED_DOMAIN = "optgraph"
-# Elementwise activations a conv can be fused with (all take one tensor; Clip also min and max).
-ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-               "Celu", "Softplus", "ThresholdedRelu", "Mish", "Gelu")
-
-
-def activation_key(act: ir.Node) -> tuple[Any, ...] | None:
-    """What makes two activation nodes compute the same function; None if an operand is not constant."""
-    bounds = []
-    for v in act.inputs[1:]:
-        if v is None:
-            bounds.append(None)
-            continue
-        a = ir.constant_array(v)
-        if a is None:
-            return None
-        bounds.append((a.dtype.str, a.tolist()))
-    return (act.op_type, _attrs_key(act), tuple(bounds))
-
-
-def _attrs_key(node: ir.Node) -> tuple[Any, ...]:
-    return tuple(sorted((a.name, a.type, repr(a.value)) for a in node.attrs.values()))
-
 
 _CONV = op.Conv(Var("x"), Var("w"), Var("b", optional=True), name="conv")
 
@@ -103,8 +81,8 @@ def fused_function(model: ir.Model, conv: ir.Node, tail: list[ir.Node], bias: bo
         assert a is not None  # the patterns only let constants in
         return (a.dtype.str, a.shape, a.tolist())
 
-    wiring = [(n.op_type, _attrs_key(n), tuple(origin(v) for v in n.inputs)) for n in tail]
-    signature = repr((tuple(wiring), _attrs_key(conv), bias, model.opset()))
+    wiring = [(n.op_type, attrs_key(n), tuple(origin(v) for v in n.inputs)) for n in tail]
+    signature = repr((tuple(wiring), attrs_key(conv), bias, model.opset()))
     name = f"Conv{''.join(n.op_type for n in tail)}_{hashlib.sha1(signature.encode()).hexdigest()[:8]}"
     if (FUSED_DOMAIN, name, "") not in model.functions:
         model.functions[(FUSED_DOMAIN, name, "")] = _function(model, name, conv, tail, bias)
@@ -156,7 +134,7 @@ class InlineFused(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
-        for graph in list(main_graphs(model)):
+        for graph in list(model.all_graphs(functions=False)):
             for node in graph:
                 fn = model.functions.get((node.domain, node.op_type, node.overload))
                 if fn is not None and node.domain == FUSED_DOMAIN:

@@ -195,7 +195,7 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
             return name
         monkeypatch.setattr(fuse_conv_act, "fused_function", wrong)
     else:
-        monkeypatch.setattr(fuse_conv_act, "_attrs_key", lambda node: ())
+        monkeypatch.setattr(fuse_conv_act, "attrs_key", lambda node: ())
 
     @NO_SHRINK
     @given(models(motifs=["conv_act"], ops=[], opsets=[13, 17], min_nodes=6))

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from optgraph import ir
-from optgraph.passes.fuse_conv_act import ACTIVATIONS, activation_key
+from optgraph.ir.opset import ACTIVATIONS, activation_key
 from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, describe
 from optgraph.passes.registry import register
 

@@ -28,7 +28,6 @@ from optgraph import ir
 from optgraph.ir import opset as ops
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
-from optgraph.passes.noops import replace_if_free
 from optgraph.passes.registry import register
 from optgraph.passes.shapes import ShapeInference
 
@@ -180,7 +179,7 @@ class SimplifyLayout(Pass):
         else:
             target = graph.add_initializer(np.array(params, np.int64), "shape")
             new = graph.make_node("Reshape", [x, target], name=last.name or "Reshape", before=last).output
-        if not replace_if_free(graph, last.output, new):
+        if not graph.replace_if_free(last.output, new):
             if new is not x:
                 graph.remove(new.producer)  # type: ignore[arg-type]
             return False

@@ -26,22 +26,6 @@ from optgraph.passes.shapes import shape_of
 INT64_MAX = 2**63 - 1
 
 
-def takes_name(graph: ir.Graph, value: ir.Value) -> bool:
-    """Whether ``value`` can take over a graph output's name (``Graph.replace_value`` then needs
-    no Identity): a node output of this very graph that is not already an input or output."""
-    return (value.producer is not None and value.producer.graph is graph and not value.is_graph_output
-            and not value.is_graph_input and value.const is None)
-
-
-def replace_if_free(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
-    """``graph.replace_value(old, new)`` unless that would need an Identity to keep a graph
-    output's name; returns whether it replaced."""
-    if old.is_graph_output and not takes_name(graph, new):
-        return False
-    graph.replace_value(old, new)
-    return True
-
-
 def broadcast_keeps(shape: Shape | None, other: tuple[int, ...]) -> bool:
     """True when broadcasting a tensor of ``shape`` against one of shape ``other`` cannot change
     its shape: ``other`` has no more axes and each of its dims is 1 or the same static size."""
@@ -213,7 +197,7 @@ class RemoveNoOps(Pass):
         for graph, opset in ops.graphs_with_opset(model):
             for node in graph:
                 x = finder.find(node, opset)
-                if x is None or not replace_if_free(graph, node.output, x):
+                if x is None or not graph.replace_if_free(node.output, x):
                     continue
                 graph.remove(node)
                 stats[f"{node.op_type}_removed"] += 1

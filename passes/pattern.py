@@ -36,8 +36,7 @@ import numpy as np
 
 from optgraph import ir
 from optgraph.passes.base import Pass, PassContext, PassResult
-from optgraph.passes.dce import removable
-from optgraph.passes.shapes import main_graphs
+from optgraph.ir.opset import removable
 
 # Binary ops whose two operands may be swapped; a pattern on them also matches the swapped order.
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal",
@@ -420,7 +419,7 @@ def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0
             for domain in domains:  # both spellings of the default domain: lookups need no normalizing
                 by_op.setdefault((domain, op_type), []).append(rule)
     if by_op:
-        for graph in list(main_graphs(model)):  # function bodies are left as they are
+        for graph in list(model.all_graphs(functions=False)):  # function bodies are left as they are
             _run_worklist(model, graph, by_op, max_rewrites or 4 * len(graph) + 100, stats, trace)
     return stats
 

@@ -161,7 +161,7 @@ def _values(model: ir.Model) -> dict[str, ir.Value]:
     """Values inference may fill in, by name: node outputs of the main graph and its subgraphs
     (not the main graph's outputs), and subgraph inputs."""
     values: dict[str, ir.Value] = {}
-    for g in main_graphs(model):
+    for g in model.all_graphs(functions=False):
         pinned = g is model.graph
         if not pinned:
             values.update((v.name, v) for v in g.inputs)
@@ -175,21 +175,11 @@ def _values(model: ir.Model) -> dict[str, ir.Value]:
 def _symbols(model: ir.Model) -> set[str]:
     """Every dim_param the IR holds: the only symbols an inferred shape may keep."""
     symbols: set[str] = set()
-    for g in main_graphs(model):
+    for g in model.all_graphs(functions=False):
         for v in [*g.inputs, *g.outputs, *(o for n in g for o in n.outputs if o is not None)]:
             if v.shape is not None:
                 symbols.update(d for d in v.shape if isinstance(d, str))
     return symbols
-
-
-def main_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    """The main graph and its nested subgraphs (function bodies are not inferred by onnx)."""
-    stack = [model.graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.nodes_with_subgraphs():
-            stack.extend(node.subgraphs())
 
 
 def _value_infos(gp: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
