@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")
     oracle_options(plan)
     plan.set_defaults(func=cmd_plan)
+
+    from optgraph.runtime import build
+
+    build.add_command(sub)
     return parser
 
 

@@ -120,7 +120,7 @@ class EngineReport:
     def precision(self) -> dict[str, dict[str, int]]:
         """Layers and tensors per data type."""
         tensors = {t.name: t.dtype for layer in self.layers for t in (*layer.inputs, *layer.outputs)}
-        return {"layers": dict(sorted(Counter(layer.dtype for layer in self.layers).items())),
+        return {"layers": dict(sorted(Counter(layer.dtype or "none" for layer in self.layers).items())),
                 "tensors": dict(sorted(Counter(tensors.values()).items()))}
 
     def totals(self) -> dict[str, Any]:
@@ -250,7 +250,8 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
     named = {n for layer in report.layers for n in layer.onnx_nodes}
     static = {t.name for t in model.graph.initializer}
     acc = Accounting()
-    for node in model.graph.node:
+    for k, node in enumerate(model.graph.node):
+        label = node.name or f"{node.op_type}#{k}"
         outputs_static = node.op_type == "Constant" or node.op_type in _SHAPE_SOURCES or (
             all(i in static for i in node.input if i) and any(node.input))
         if outputs_static:
@@ -258,11 +259,11 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
         if node.name in named:
             acc.in_layers += 1
         elif outputs_static:
-            acc.folded.append(node.name)
+            acc.folded.append(label)
         elif node.op_type in _ELIMINABLE and node.domain in ("", "ai.onnx"):
-            acc.eliminated.append(node.name)
+            acc.eliminated.append(label)
         else:
-            acc.unaccounted.append(node.name)
+            acc.unaccounted.append(label)
     return acc
 
 

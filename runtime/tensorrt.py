@@ -12,12 +12,13 @@ which is what lets the benchmarks and tests report TensorRT figures anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import warnings as py_warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from optgraph.runtime.engine import EngineReport
 
 ModelSource = str | os.PathLike[str] | bytes
-
-# "Total Activation Memory: 8203264 bytes" (TensorRT 10, tensorrt-rtx); older releases omit the unit.
-_MEMORY_RE = re.compile(r"Total (Activation|Weights) Memory:\s*(\d+)(?:\s*bytes)?\b")
-
 
 class TensorRTUnavailableError(OptGraphError):
     """Neither ``tensorrt`` nor ``tensorrt_rtx`` can be imported."""
@@ -91,15 +88,6 @@ class BuildResult:
     report: EngineReport | None = None  # the engine layer by layer (from the DETAILED build log)
     engine: bytes | None = None  # the serialized engine, when asked for
     warnings: list[str] = field(default_factory=list)
-
-
-def parse_memory_log(lines: Iterable[str]) -> tuple[int | None, int | None]:
-    """(activation bytes, weights bytes) from a build log; the last report of each wins."""
-    found: dict[str, int] = {}
-    for line in lines:
-        for kind, value in _MEMORY_RE.findall(line):
-            found[kind] = int(value)
-    return found.get("Activation"), found.get("Weights")
 
 
 def _make_logger(module: ModuleType, lines: list[str], errors: list[str]) -> Any:
@@ -182,7 +170,7 @@ def _profile_shape(tensor: Any, shapes: Mapping[str, Sequence[int]], dims: Mappi
         elif strict:
             what = f"dim '{name}'" if name else f"dim {i}"
             raise ShapeError(f"input '{tensor.name}' has a dynamic {what}: give --shapes {tensor.name}:DIMS, "
-                             f"--min/--opt/--max {tensor.name}:DIMS" + (f" or --dim {name}=N" if name else ""))
+                             f"--min/--opt/--max {tensor.name}:DIMS" + (f" or --dim {name}=SIZE" if name else ""))
         else:
             out.append(1)
     return tuple(out)
@@ -220,7 +208,7 @@ def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = No
     if workspace_bytes is not None:
         config.set_memory_pool_limit(s.trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     warnings: list[str] = []
-    cache = _load_timing_cache(config, timing_cache, warnings)
+    cache = _load_timing_cache(config, timing_cache, warnings) if timing_cache is not None else None
     inputs = [s.network.get_input(i) for i in range(s.network.num_inputs)]
     dynamic = [t for t in inputs if -1 in tuple(t.shape)]
     if dynamic:
@@ -251,9 +239,11 @@ def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = No
                        engine=bytes(engine) if engine is not None and keep_engine else None, warnings=warnings)
 
 
-def _load_timing_cache(config: Any, path: str | os.PathLike[str] | None, warnings: list[str]) -> Any:
+def _load_timing_cache(config: Any, path: str | os.PathLike[str], warnings: list[str]) -> Any:
+    """The timing cache in ``path`` when it is this TensorRT's (TensorRT-RTX accepts the calls but
+    tunes its kernels when the engine first runs, so its cache stays nearly empty)."""
     data = b""
-    if path is not None and os.path.isfile(path):
+    if os.path.isfile(path):
         with open(path, "rb") as f:
             blob = f.read()
         key = _timing_cache_key()
@@ -261,16 +251,26 @@ def _load_timing_cache(config: Any, path: str | os.PathLike[str] | None, warning
             data = blob[len(key):]
         else:
             warnings.append(f"timing cache '{os.fspath(path)}' is from another TensorRT; rebuilding it")
-    cache = config.create_timing_cache(data)
-    if cache is None and data:
-        warnings.append(f"timing cache '{os.fspath(path)}' is unreadable; rebuilding it")
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    with _no_deprecation_warnings():
+        cache = config.create_timing_cache(data)
+        if cache is None and data:
+            warnings.append(f"timing cache '{os.fspath(path)}' is unreadable; rebuilding it")
+            cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
+
+
+@contextlib.contextmanager
+def _no_deprecation_warnings() -> Iterator[None]:
+    """TensorRT-RTX marks the timing-cache calls deprecated (they are no-ops there)."""
+    with py_warnings.catch_warnings():
+        py_warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def _save_timing_cache(config: Any, cache: Any, path: str | os.PathLike[str]) -> None:
     from optgraph.ir.serde import write_atomic
 
-    blob = config.get_timing_cache().serialize()
+    with _no_deprecation_warnings():
+        blob = config.get_timing_cache().serialize()
     write_atomic(os.fspath(path), _timing_cache_key() + bytes(blob))

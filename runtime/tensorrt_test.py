@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optgraph.ir.errors import OptGraphError
 from optgraph.runtime import tensorrt
+from optgraph.runtime.engine import parse_build_log
 
 needs_trt = [pytest.mark.tensorrt,
              pytest.mark.skipif(not tensorrt.available(), reason="neither tensorrt nor tensorrt_rtx imports")]
@@ -44,11 +45,13 @@ def test_memory_log_parser_on_sample_lines() -> None:
         "[INFO] Total Weights Memory: 1120 bytes",
         "[INFO] [MemUsageStats] Peak memory usage of TRT CPU/GPU memory allocators: CPU 0 MiB, GPU 0 MiB",
     ]
-    assert tensorrt.parse_memory_log(lines) == (8203264, 1120)
+    r = parse_build_log(lines)
+    assert (r.activation_bytes, r.weights_bytes, r.scratch_bytes) == (8203264, 1120, 8203264)
     # Older releases print the number alone; a later report overrides an earlier one.
-    assert tensorrt.parse_memory_log(["[TRT] Total Activation Memory: 33554432",
-                                      "Total Activation Memory: 512 bytes"]) == (512, None)
-    assert tensorrt.parse_memory_log(["Total Host Persistent Memory: 80 bytes"]) == (None, None)
+    r = parse_build_log(["[TRT] Total Activation Memory: 33554432", "Total Activation Memory: 512 bytes"])
+    assert (r.activation_bytes, r.weights_bytes) == (512, None)
+    r = parse_build_log(["Total Host Persistent Memory: 80 bytes"])
+    assert (r.activation_bytes, r.weights_bytes) == (None, None)
 
 
 def test_missing_tensorrt_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, conv_path: Path) -> None:
