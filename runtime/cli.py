@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
     check = None
     if args.check:
-        from optgraph.runtime.oracle import compare
+        from optgraph.passes.testing.oracle import compare
 
         check = compare(_reference(args.model), ir.to_proto(model), n_inputs=args.inputs, seed=args.seed,
                         dims=ctx.dims)
@@ -104,7 +104,7 @@ def _reference(path: str) -> Any:
 
 def _first_mismatch_guard(path: str, args: argparse.Namespace) -> Any:
     """An after-each-pass hook that stops at the first pass whose output differs (bisecting)."""
-    from optgraph.runtime.oracle import compare
+    from optgraph.passes.testing.oracle import compare
 
     reference = _reference(path)
 
@@ -167,7 +167,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from optgraph.runtime.oracle import compare
+    from optgraph.passes.testing.oracle import compare
 
     result = compare(_reference(args.original), _reference(args.rewritten), n_inputs=args.inputs, seed=args.seed, dims=_dims(args.dim),
                      rtol=args.rtol, atol=args.atol)
