@@ -6,7 +6,7 @@ For every model (benchmarks/models.py exports them; missing ones are exported fi
 optimizes the file in its own process, under a timeout. Each result is then measured in another
 fresh process: nodes, layers after TensorRT's ONNX parser (tensorrt-rtx, ahead of time, no GPU),
 onnxruntime CPU latency with graph optimizations off and on (one thread, batch 1), and the
-oracle's verdict against the original (optgraph.runtime.oracle: 3 seeded inputs, fp32 rtol 1e-4,
+oracle's verdict against the original (optgraph.passes.testing.oracle: 3 seeded inputs, fp32 rtol 1e-4,
 atol 1e-5 scaled to the output's magnitude). The synthetic series (1.6k, 16k, 64k nodes) shows
 how each tool's time grows. Writes compare.md, compare.json, compare.png and scale.png into
 ``--out`` (docs/benchmarks).
@@ -130,7 +130,8 @@ def _latency_ms(path: str, feeds: dict[str, Any], optimize: bool, budget: float)
 def child_measure(original: str, candidate: str, budget: str) -> None:
     import onnx
 
-    from optgraph.runtime import oracle, tensorrt
+    from optgraph.passes.testing import oracle
+    from optgraph.runtime import tensorrt
 
     proto = onnx.load(candidate)
     out: dict[str, Any] = {"nodes": common.count_nodes(proto)}

@@ -16,7 +16,7 @@ from optgraph.passes.memory_plan import MemoryPlan, check_plan, plan_memory
 from optgraph.passes.memory_plan_test import edited
 from optgraph.passes.testing.strategies import GraphBuilder
 from optgraph.runtime.executor import ArenaExecutor, ExecutionError, check_by_execution
-from optgraph.runtime.oracle import random_inputs
+from optgraph.passes.testing.oracle import random_inputs
 
 
 def build(b: GraphBuilder) -> ir.Model:

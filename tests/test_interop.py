@@ -11,7 +11,7 @@ import pytest
 from optgraph import ir
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.testing.networks import inception_like
-from optgraph.runtime.oracle import assert_equivalent
+from optgraph.passes.testing.oracle import assert_equivalent
 
 from ir_samples import BRANCHES, FUNCTIONS, load_text
 

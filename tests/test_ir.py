@@ -13,7 +13,7 @@ import pytest
 from optgraph import ir
 from optgraph.ir.order import outer_inputs, sort
 from optgraph.passes.manager import run_passes
-from optgraph.runtime.oracle import assert_equivalent
+from optgraph.passes.testing.oracle import assert_equivalent
 
 from ir_samples import BRANCHES, CHAIN, FUNCTIONS, LOOP, load_text
 

@@ -15,7 +15,7 @@ from optgraph import ir
 from optgraph.passes import PassContext, PassManager, get, run_passes
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import models
-from optgraph.runtime.oracle import compare, make_session, random_inputs
+from optgraph.passes.testing.oracle import compare, make_session, random_inputs
 
 # Float16 keeps 11 significant bits (unit roundoff 2**-11 ~ 4.9e-4). A graph of up to ~25 ops
 # rounds every activation and weight once, so outputs may drift by some tens of roundoffs,

@@ -10,7 +10,7 @@
 
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.strategies import MOTIFS, OPS, GraphBuilder, NotApplicable, models
-from optgraph.runtime.oracle import Comparison, assert_equivalent, compare, random_inputs
+from optgraph.passes.testing.oracle import Comparison, assert_equivalent, compare, random_inputs
 
 __all__ = [
     "MOTIFS", "OPS", "Comparison", "GraphBuilder", "NotApplicable", "assert_equivalent", "check_pass", "compare",

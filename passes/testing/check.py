@@ -10,7 +10,7 @@ import onnx
 from optgraph import ir
 from optgraph.passes.base import Pass
 from optgraph.passes.manager import PassManager, Report, run_passes
-from optgraph.runtime.oracle import assert_equivalent
+from optgraph.passes.testing.oracle import assert_equivalent
 
 FULL_CHECK_BYTES = 16 << 20  # onnx's full check re-infers every shape: skip it on big models
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optgraph import ir
-from optgraph.runtime.oracle import ReferenceRunError, assert_equivalent, compare, random_inputs
+from optgraph.passes.testing.oracle import ReferenceRunError, assert_equivalent, compare, random_inputs
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):  # type: ignore[no-untyped-def]
