@@ -271,15 +271,15 @@ class _Converter:
             self.stats["initializers_converted"] += 1
         else:
             producer = value.producer
-            source = value
             if producer is not None and producer.op_type == "Cast" and producer.domain in ("", "ai.onnx"):
                 source = producer.inputs[0]  # retarget the existing Cast rather than cast twice
                 assert source is not None
-            if source.dtype == dtype:
-                new = source
+                new = source if source.dtype == dtype else self._get(source, dtype, before)
+            elif value.dtype == dtype:
+                new = value
             else:
                 suffix = self.suffix if dtype == self.target else "fp32"
-                cast = self.graph.make_node("Cast", [source], {"to": dtype}, name=f"{value.name}_to_{suffix}",
+                cast = self.graph.make_node("Cast", [value], {"to": dtype}, name=f"{value.name}_to_{suffix}",
                                             before=before)
                 new = cast.output
                 new.dtype, new.shape = dtype, value.shape
