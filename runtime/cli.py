@@ -29,6 +29,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optgraph")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of at least 1, got '{text}'")
+    return n
+
+
 def _dims(items: Sequence[str]) -> dict[str, int]:
     dims = {}
     for item in items:
@@ -61,8 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
 
+    if args.passes is not None and not args.passes.strip():
+        raise UsageError("--passes is empty: name passes or groups, or 'none' for a round trip")
     steps = parse_pipeline("default" if args.passes is None else args.passes)
-    _check_output_path(args.model, args.output)
+    to_stdout = args.output == "-"
+    if not to_stdout:
+        _check_output_path(args.model, args.output)
+    if to_stdout and args.external_data == "always":
+        raise UsageError("-o - writes the model to stdout, which cannot hold external data")
     model = _load(args.model)
     after_each = _first_mismatch_guard(args.model, args) if args.check_each else None
     ctx = PassContext(dims=_dims(args.dim))
@@ -72,12 +97,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from optgraph.passes.testing.oracle import compare
 
         check = compare(_reference(args.model), ir.to_proto(model), n_inputs=args.inputs, seed=args.seed,
-                        dims=ctx.dims)
+                        dims=ctx.dims, rtol=args.rtol, atol=args.atol)
         if not check.equivalent:
             print(f"optgraph: mismatch: {check.message}; output not written", file=sys.stderr)
             return EXIT_MISMATCH
     external = {"auto": None, "always": True, "never": False}[args.external_data]
-    ir.save(model, args.output, external_data=external)
+    if to_stdout:
+        _save_to_stdout(model)
+    else:
+        ir.save(model, args.output, external_data=external)
     data = report.to_dict()
     data.update(input=args.model, output=args.output, pipeline=args.passes or "default")
     if check is not None:
@@ -89,8 +117,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.report:
             _write_json(args.report, data)
         if not args.quiet:
-            print(format_report(data))
+            print(format_report(data), file=sys.stderr if to_stdout else sys.stdout)
     return EXIT_OK
+
+
+def _save_to_stdout(model: ir.Model) -> None:
+    """The ONNX bytes on stdout (``-o -``), for pipes; the report then goes to stderr."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="optgraph-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        ir.save(model, path, external_data=False)
+        with open(path, "rb") as f:
+            sys.stdout.buffer.write(f.read())
+        sys.stdout.buffer.flush()
 
 
 def _reference(path: str) -> Any:
@@ -262,17 +302,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="optgraph", description="Graph optimization passes for ONNX models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"optgraph {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def oracle_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--inputs", type=int, default=3, help="random input sets for the oracle (default 3)")
+        p.add_argument("--inputs", type=_positive, default=3, help="random input sets for the oracle (default 3)")
         p.add_argument("--seed", type=int, default=0, help="seed of the first input set")
         p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                        help="size of a symbolic dimension (repeatable)")
 
+    def tolerances(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+        p.add_argument("--atol", type=float, default=1e-5,
+                       help="absolute tolerance, scaled by the output's largest magnitude (default 1e-5)")
+
     run = sub.add_parser("run", help="optimize a model")
-    run.add_argument("model")
-    run.add_argument("-o", "--output", required=True)
+    run.add_argument("model", help="the ONNX model to optimize (never modified)")
+    run.add_argument("-o", "--output", required=True, help="where to write the result ('-' = stdout)")
     run.add_argument("--passes", help="comma list of passes/groups ('none' = round trip); default: default")
     run.add_argument("--report", help="write the JSON report to this file ('-' = stdout)")
     run.add_argument("--verify-each", action="store_true", help="run the IR verifier after each pass")
@@ -284,26 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write tensors to OUTPUT.data (auto: when the input had external data or is > 2 GB)")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     oracle_options(run)
+    tolerances(run)
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list passes and groups")
     lst.set_defaults(func=cmd_list)
 
     ver = sub.add_parser("verify", help="check two models compute the same outputs (onnxruntime)")
-    ver.add_argument("original")
-    ver.add_argument("rewritten")
-    ver.add_argument("--rtol", type=float, default=1e-4)
-    ver.add_argument("--atol", type=float, default=1e-5)
+    ver.add_argument("original", help="the reference model")
+    ver.add_argument("rewritten", help="the model to check against it")
+    tolerances(ver)
     oracle_options(ver)
     ver.set_defaults(func=cmd_verify)
 
     info = sub.add_parser("info", help="print opsets, inputs/outputs and an op histogram")
-    info.add_argument("model")
+    info.add_argument("model", help="the ONNX model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
     plan = sub.add_parser("plan", help="plan activation memory: arena offsets, aliases, lower bounds")
-    plan.add_argument("model")
+    plan.add_argument("model", help="the ONNX model")
     plan.add_argument("--json", metavar="OUT", help="write the plan as JSON (schema: docs/memory-planning.md)")
     plan.add_argument("--plot", metavar="OUT.png", help="draw the memory timeline (matplotlib)")
     plan.add_argument("--strategy", choices=["greedy-size", "greedy-breadth"], default="greedy-breadth")
@@ -347,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"optgraph: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader went away (optgraph list | head -1): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("optgraph: interrupted", file=sys.stderr)
         return 130
