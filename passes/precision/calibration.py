@@ -1,0 +1,302 @@
+"""Calibration: per-tensor activation statistics from real data, and the ranges INT8 and the
+data-driven fp16 mode derive from them.
+
+Statistics come from onnxruntime running a copy of the model whose float intermediate tensors are
+all graph outputs, batch by batch; only per-tensor aggregates are kept (max |x| and a histogram of
+|x| with ``BINS`` bins), so memory is tensors x bins whatever the number of samples.
+
+The histogram grid is fixed before any bin is counted: a first pass over the data measures max |x|
+per tensor, the second counts |x| on [0, max] in ``BINS`` equal bins. Every element's bin depends
+only on its value and that maximum, and counts are integers, so the statistics (and every range)
+are identical for any batch split of the same samples. The price is running the data twice.
+
+Methods, all from the same histogram (ranges are symmetric: one threshold ``t``, scale ``t/127``):
+``minmax`` (t = max |x|), ``percentile`` (the bin edge below which ``percentile`` % of |x| lie),
+``entropy`` (TensorRT's KL-divergence search over 128-level quantizations of the histogram head),
+``mse`` (the threshold with the least expected squared int8 error), ``auto`` (per tensor, whichever
+of the others has the least expected squared error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from optgraph import ir
+from optgraph.ir.serde import write_atomic
+
+BINS = 2048
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+Feed = dict[str, np.ndarray]
+
+
+class CalibrationError(ir.OptGraphError):
+    """Calibration data missing, unreadable or not matching the model."""
+
+
+# --- data -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageOptions:
+    """How a folder of images becomes one input: resized to ``size`` (H, W), scaled to [0, 1],
+    normalized by ``mean``/``std`` per channel, in ``channels`` order and ``layout``."""
+
+    size: tuple[int, int] = (224, 224)
+    layout: str = "NCHW"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channels: str = "RGB"
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+
+def _batches(arrays: Mapping[str, np.ndarray], batch: int) -> Iterator[Feed]:
+    n = min(len(a) for a in arrays.values())
+    for i in range(0, n, batch):
+        yield {k: a[i:i + batch] for k, a in arrays.items()}
+
+
+def _npz(path: Path, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        missing = [n for n in inputs if n not in data.files]
+        if missing:
+            raise CalibrationError(f"{path}: no array for input(s) {', '.join(missing)} (has {', '.join(data.files)})")
+        return {n: data[n] for n in inputs}
+
+
+def _image(path: Path, opt: ImageOptions) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").resize((opt.size[1], opt.size[0]), Image.BILINEAR)
+    x = np.asarray(rgb, dtype=np.float32) / 255.0
+    x = (x - np.asarray(opt.mean, np.float32)) / np.asarray(opt.std, np.float32)
+    if opt.channels == "BGR":
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x.transpose(2, 0, 1) if opt.layout == "NCHW" else x)
+
+
+def source(spec: str, inputs: Sequence[str], *, batch: int = 16, images: ImageOptions | None = None
+           ) -> Callable[[], Iterable[Feed]]:
+    """A re-iterable calibration data source from ``spec``: a ``.npz`` (arrays keyed by input name,
+    samples on the first axis), a folder of ``.npy``/``.npz`` files (one batch each; ``.npy`` only
+    for single-input models), a folder of images (single-input models), or ``module:function``
+    returning an iterable of feed dicts."""
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".npz":
+        return lambda: _batches(_npz(path, inputs), batch)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        arrays = [p for p in files if p.suffix in (".npy", ".npz")]
+        pictures = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+        if arrays:
+            if any(p.suffix == ".npy" for p in arrays) and len(inputs) != 1:
+                raise CalibrationError(f"{spec}: .npy files need a single-input model (this one has {len(inputs)})")
+            return lambda: ({inputs[0]: np.load(p)} if p.suffix == ".npy" else _npz(p, inputs) for p in arrays)
+        if pictures:
+            if len(inputs) != 1:
+                raise CalibrationError(f"{spec}: images need a single-input model (this one has {len(inputs)})")
+            opt = images or ImageOptions()
+            return lambda: ({inputs[0]: np.stack([_image(p, opt) for p in pictures[i:i + batch]])}
+                            for i in range(0, len(pictures), batch))
+        raise CalibrationError(f"{spec}: no .npy, .npz or image files in the folder")
+    if ":" in spec and not path.exists():
+        module, _, name = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise CalibrationError(f"{spec}: cannot load the data function ({e})") from None
+        return lambda: fn()
+    raise CalibrationError(f"{spec}: not a .npz file, a folder or module:function")
+
+
+def limit(data: Callable[[], Iterable[Feed]], samples: int | None) -> Callable[[], Iterable[Feed]]:
+    """``data`` cut to its first ``samples`` samples (all of them when None)."""
+    if samples is None:
+        return data
+
+    def cut() -> Iterator[Feed]:
+        left = samples
+        for feed in data():
+            if left <= 0:
+                return
+            n = min(len(a) for a in feed.values())
+            yield {k: a[:left] for k, a in feed.items()} if n > left else feed
+            left -= n
+    return cut
+
+
+# --- statistics -----------------------------------------------------------------------------
+@dataclass
+class Stats:
+    """Per-tensor max |x| and histogram of |x| on [0, max |x|] (``BINS`` bins)."""
+
+    amax: dict[str, float] = field(default_factory=dict)
+    hist: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _float_tensors(model: onnx.ModelProto) -> list[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    floats = {v.name for v in (*g.input, *g.value_info, *g.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    inits = {t.name for t in g.initializer}
+    seen: list[str] = []
+    for v in g.input:
+        if v.name in floats and v.name not in inits:
+            seen.append(v.name)
+    for node in g.node:
+        seen.extend(o for o in node.output if o in floats and o not in seen)
+    return seen
+
+
+def _session(model: onnx.ModelProto, names: Sequence[str]):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n not in have)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _progress(it: Iterable[Feed], desc: str) -> Iterable[Feed]:
+    if not sys.stderr.isatty():
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, unit="batch", leave=False)
+
+
+def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True) -> Stats:
+    """Statistics of every float tensor of ``model`` (graph inputs and node outputs) on ``data``."""
+    names = _float_tensors(model)
+    session = _session(model, names)
+    inputs = [i.name for i in session.get_inputs()]
+    stats = Stats(amax=dict.fromkeys(names, 0.0))
+
+    def run(feed: Feed) -> dict[str, np.ndarray]:
+        missing = [n for n in inputs if n not in feed]
+        if missing:
+            raise CalibrationError(f"calibration data has no array for input(s) {', '.join(missing)}")
+        try:
+            outs = session.run(names, {n: np.asarray(feed[n]) for n in inputs})
+        except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
+            raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
+        return dict(zip(names, outs))
+
+    count = 0
+    for feed in _progress(data(), "calibration: ranges"):
+        count += 1
+        for n, a in run(feed).items():
+            if a.size:
+                stats.amax[n] = max(stats.amax[n], float(np.abs(a).max()))
+    if not count:
+        raise CalibrationError("calibration data is empty")
+    if not histograms:
+        return stats
+    stats.hist = {n: np.zeros(BINS, np.int64) for n in names}
+    for feed in _progress(data(), "calibration: histograms"):
+        for n, a in run(feed).items():
+            top = stats.amax[n]
+            if a.size and top > 0:
+                idx = np.minimum((np.abs(a.astype(np.float64)).ravel() * (BINS / top)).astype(np.int64), BINS - 1)
+                stats.hist[n] += np.bincount(idx, minlength=BINS)
+    return stats
+
+
+def max_abs(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]]) -> dict[str, float]:
+    """Max |x| per float tensor on ``data`` (one pass, no histograms): the ranges the data-driven
+    fp16 mode compares with its margin (``PassContext.ranges``)."""
+    return collect(model, data, histograms=False).amax
+
+
+# --- ranges ---------------------------------------------------------------------------------
+def _sq_error(hist: np.ndarray, width: float, thresholds: np.ndarray) -> np.ndarray:
+    """Expected squared int8 error (per sample, bin centres standing for their bin) for each threshold."""
+    x = (np.arange(len(hist)) + 0.5) * width
+    scale = thresholds[:, None] / 127.0
+    q = np.minimum(np.round(x[None, :] / scale), 127.0) * scale
+    return ((x[None, :] - q) ** 2 * hist[None, :]).sum(axis=1) / max(hist.sum(), 1)
+
+
+def _percentile(hist: np.ndarray, width: float, pct: float) -> float:
+    cum = np.cumsum(hist)
+    i = int(np.searchsorted(cum, cum[-1] * pct / 100.0))
+    return min(i + 1, len(hist)) * width
+
+
+def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
+    """TensorRT's entropy calibration: the threshold whose 128-level quantization of the clipped
+    histogram (outliers folded into the last bin) has the least KL divergence from it."""
+    h = hist.astype(np.float64)
+    best, best_i = np.inf, len(h)
+    for i in range(levels, len(h) + 1):
+        p = h[:i].copy()
+        p[-1] += h[i:].sum()
+        nz = p != 0
+        # Merge the i bins into `levels` groups; each group's mass is spread over its non-empty bins.
+        group = (np.arange(i) * levels) // i
+        mass = np.bincount(group, weights=h[:i], minlength=levels)
+        filled = np.bincount(group, weights=nz.astype(np.float64), minlength=levels)
+        q = np.where(nz, mass[group] / np.maximum(filled[group], 1), 0.0)
+        p /= p.sum()
+        q /= max(q.sum(), 1e-300)
+        m = p > 0
+        q = np.where(m & (q == 0), 1e-4, q)  # smoothing, as TensorRT: an empty quantized bin costs, not infinity
+        kl = float(np.sum(p[m] * np.log(p[m] / q[m])))
+        if kl < best:
+            best, best_i = kl, i
+    return (best_i + 0.5) * width if best_i < len(h) else len(h) * width
+
+
+def _mse(hist: np.ndarray, width: float) -> float:
+    candidates = np.arange(16, len(hist) + 1, 8) * width
+    return float(candidates[int(np.argmin(_sq_error(hist, width, candidates)))])
+
+
+def ranges(stats: Stats, method: str = "entropy", *, percentile: float = 99.99) -> dict[str, float]:
+    """The symmetric threshold of every tensor by ``method`` (one of ``METHODS``)."""
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+    out: dict[str, float] = {}
+    for name, top in stats.amax.items():
+        hist = stats.hist.get(name)
+        if top <= 0 or hist is None or method == "minmax":
+            out[name] = top
+            continue
+        width = top / len(hist)
+        pick = {"percentile": lambda: _percentile(hist, width, percentile),
+                "entropy": lambda: _entropy(hist, width), "mse": lambda: _mse(hist, width)}
+        if method == "auto":
+            cands = np.array([top, *(f() for f in pick.values())])
+            out[name] = float(cands[int(np.argmin(_sq_error(hist, width, cands)))])
+        else:
+            out[name] = float(pick[method]())
+    return out
+
+
+# --- cache ----------------------------------------------------------------------------------
+def save_cache(path: str | os.PathLike[str], method: str, table: Mapping[str, float]) -> None:
+    """Write the ranges as JSON (sorted, so the same ranges give the same bytes)."""
+    text = json.dumps({"method": method, "ranges": dict(sorted(table.items()))}, indent=1) + "\n"
+    write_atomic(os.fspath(path), text.encode())
+
+
+def load_cache(path: str | os.PathLike[str], method: str) -> dict[str, float]:
+    """The ranges of a cache written by ``save_cache`` with the same ``method``."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data["method"] != method:
+            raise CalibrationError(f"{path}: cache was made with method {data['method']!r}, not {method!r}")
+        return {str(k): float(v) for k, v in data["ranges"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CalibrationError(f"{path}: unreadable calibration cache ({e})") from None

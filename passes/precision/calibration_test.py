@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from optgraph.passes.precision import calibration as c
+
+
+def _relu_model():  # type: ignore[no-untyped-def]
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    return m
+
+
+def _data(x: np.ndarray, batch: int):  # type: ignore[no-untyped-def]
+    return lambda: c._batches({"x": x}, batch)
+
+
+def test_statistics_and_ranges_do_not_depend_on_the_batch_split() -> None:
+    x = np.random.default_rng(0).standard_t(3, (301, 4)).astype(np.float32)
+    a, b = c.collect(_relu_model(), _data(x, 301)), c.collect(_relu_model(), _data(x, 7))
+    assert a.amax == b.amax
+    assert all((a.hist[k] == b.hist[k]).all() for k in a.hist)
+    for method in c.METHODS:
+        assert c.ranges(a, method) == c.ranges(b, method)
+
+
+def test_entropy_percentile_and_mse_clip_a_heavy_tail() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (20000, 4)).astype(np.float32)
+    x[0, 0] = 200.0  # one outlier
+    stats = c.collect(_relu_model(), _data(x, 1000))
+    top = stats.amax["x"]
+    for method in ("entropy", "percentile"):
+        t = c.ranges(stats, method)["x"]
+        assert t < top / 10, method
+        assert t > 2.0, method  # the body of the distribution is kept
+    assert c.ranges(stats, "minmax")["x"] == top
+    # mse weighs the outlier's own error too; auto picks the least expected error of all methods
+    err = {m: c._sq_error(stats.hist["x"], top / c.BINS, np.array([c.ranges(stats, m)["x"]]))[0] for m in c.METHODS}
+    assert err["auto"] == min(err.values())
+
+
+def test_cache_round_trip_and_method_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cache.json"
+    c.save_cache(path, "mse", {"b": 2.0, "a": 1.5})
+    assert c.load_cache(path, "mse") == {"a": 1.5, "b": 2.0}
+    with pytest.raises(c.CalibrationError, match="method"):
+        c.load_cache(path, "entropy")
+
+
+def test_sources_npz_folder_and_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.savez(tmp_path / "d.npz", x=x)
+    feeds = list(c.limit(c.source(str(tmp_path / "d.npz"), ["x"], batch=4), 6)())
+    assert [len(f["x"]) for f in feeds] == [4, 2]
+    folder = tmp_path / "f"
+    folder.mkdir()
+    np.save(folder / "0.npy", x[:3])
+    assert list(c.source(str(folder), ["x"])())[0]["x"].shape == (3, 4)
+    with pytest.raises(c.CalibrationError, match="no array for input"):
+        c.source(str(tmp_path / "d.npz"), ["y"])()
+    with pytest.raises(c.CalibrationError):
+        c.source(str(tmp_path / "missing.npz"), ["x"])
+    with pytest.raises(c.CalibrationError, match="empty"):
+        c.collect(_relu_model(), lambda: iter(()))
