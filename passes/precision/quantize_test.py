@@ -1,0 +1,78 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optgraph import ir
+from optgraph.passes import builtin  # noqa: F401
+from optgraph.passes.base import PassContext
+from optgraph.passes.manager import PassManager, parse_pipeline
+from optgraph.passes.precision import calibration, quantize, trained
+
+
+def _quantize(proto: onnx.ModelProto, ranges: dict[str, float]) -> onnx.ModelProto:
+    m = ir.from_proto(proto)
+    ctx = PassContext()
+    ctx.ranges = ranges
+    PassManager(parse_pipeline("quantize-int8"), ctx=ctx).run(m)
+    return ir.to_proto(m)
+
+
+def _one(op: str, w: np.ndarray, x_shape: list[int], **attrs: object) -> onnx.ModelProto:
+    g = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"], name="n", **attrs)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w.astype(np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    return m
+
+
+@pytest.mark.parametrize(("op", "shape", "attrs", "axis", "channels"), [
+    ("Conv", (6, 2, 3, 3), {}, 0, 6),
+    ("ConvTranspose", (4, 3, 3, 3), {"group": 2}, 1, 3),
+    ("Gemm", (5, 4), {"transB": 1}, 0, 5),
+    ("Gemm", (4, 5), {}, 1, 5),
+    ("MatMul", (4, 5), {}, 1, 5),
+])
+def test_weights_are_quantized_per_output_channel(op: str, shape: tuple[int, ...], attrs: dict, axis: int,
+                                                  channels: int) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, shape) * rng.uniform(0.1, 10, shape[axis]).reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    x_shape = [2, 4] if op in ("Gemm", "MatMul") else [1, shape[0] if op == "ConvTranspose" else 2, 5, 5]
+    model = _one(op, w, x_shape, **attrs)
+    out = _quantize(model, {"x": 3.0})
+    dqs = [n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.output[0] != "x_dequantize"]
+    weight_dq = [n for n in dqs if any(i.endswith("_int8") for i in n.input)]
+    assert len(weight_dq) == 1
+    assert helper.get_attribute_value(weight_dq[0].attribute[0]) == axis
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits[weight_dq[0].input[1]].shape == (channels,)
+    assert inits[weight_dq[0].input[0]].dtype == np.int8
+    x = rng.uniform(-3, 3, x_shape).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})[0]
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()  # int8 error, far below a wrong axis's
+
+
+def test_refuses_without_calibration() -> None:
+    with pytest.raises(quantize.QuantizeError, match="calibration"):
+        _quantize(_one("MatMul", np.ones((4, 5)), [2, 4]), {})
+
+
+@pytest.mark.parametrize("make", [trained.digits_cnn, trained.tabular_mlp])
+def test_int8_keeps_held_out_accuracy(make) -> None:  # type: ignore[no-untyped-def]
+    t = make()
+    m = ir.from_proto(t.model)
+    PassManager(parse_pipeline("default")).run(m)
+    opt = ir.to_proto(m)
+    stats = calibration.collect(opt, lambda: calibration._batches({t.input_name: t.x_train}, 64))
+    out = _quantize(opt, calibration.ranges(stats, "mse"))
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("QuantizeLinear") >= 2
+    ref = ort.InferenceSession(t.model.SerializeToString()).run(None, {t.input_name: t.x_test})[0]
+    got = ort.InferenceSession(out.SerializeToString()).run(None, {t.input_name: t.x_test})[0]
+    assert np.isfinite(got).all()
+    print(f"{t.model.graph.name}: max logit error {np.abs(got - ref).max():.4f}")
+    assert t.accuracy(got) >= t.accuracy(ref) - 0.5
