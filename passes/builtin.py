@@ -4,6 +4,7 @@ from optgraph.passes import concat, dce, fuse_conv_act, fuse_conv_bn, fuse_horiz
 from optgraph.passes import cse, fold, layout, noops, shapes, tensorrt_ready  # noqa: F401
 from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.precision import fp16  # noqa: F401  (fp16, bf16; in no group)
+from optgraph.passes.precision import quantize  # noqa: F401  (quantize-int8: needs calibration; in no group)
 from optgraph.passes.registry import register_group
 
 register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-ops and unused constants")
