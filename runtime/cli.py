@@ -365,9 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_options(plan)
     plan.set_defaults(func=cmd_plan)
 
-    from optgraph.runtime import build
+    from optgraph.runtime import build, quantize
 
     build.add_command(sub)
+    quantize.add_command(sub)
     return parser
 
 
