@@ -114,6 +114,8 @@ def source(spec: str, inputs: Sequence[str], *, batch: int = 16, images: ImageOp
         except (ImportError, AttributeError) as e:
             raise CalibrationError(f"{spec}: cannot load the data function ({e})") from None
         return lambda: fn()
+    if not path.exists():
+        raise CalibrationError(f"{spec}: calibration data does not exist")
     raise CalibrationError(f"{spec}: not a .npz file, a folder or module:function")
 
 
