@@ -1,7 +1,10 @@
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import assume, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
 from optgraph import ir
@@ -9,6 +12,8 @@ from optgraph.passes import builtin  # noqa: F401
 from optgraph.passes.base import PassContext
 from optgraph.passes.manager import PassManager, parse_pipeline
 from optgraph.passes.precision import calibration, quantize, trained
+from optgraph.passes.testing.oracle import make_session, random_inputs
+from optgraph.passes.testing.strategies import models
 
 
 def _quantize(proto: onnx.ModelProto, ranges: dict[str, float]) -> onnx.ModelProto:
@@ -76,3 +81,35 @@ def test_int8_keeps_held_out_accuracy(make) -> None:  # type: ignore[no-untyped-
     assert np.isfinite(got).all()
     print(f"{t.model.graph.name}: max logit error {np.abs(got - ref).max():.4f}")
     assert t.accuracy(got) >= t.accuracy(ref) - 0.5
+
+
+@settings(deadline=None, max_examples=25)
+@given(models())
+def test_random_graphs_quantize_validly(proto: onnx.ModelProto) -> None:
+    assume(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 13)
+    feeds = random_inputs(proto, seed=0)
+    stats = calibration.collect(proto, lambda: iter([feeds]))
+    out = _quantize(copy.deepcopy(proto), calibration.ranges(stats, "minmax"))
+    onnx.checker.check_model(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    producer = {o: n for n in out.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in out.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for n in out.graph.node:
+        if n.op_type == "QuantizeLinear":  # every Q is read only by its DQ, zero point int8 0
+            assert all(r.op_type == "DequantizeLinear" for r in readers.get(n.output[0], []))
+            assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any()
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:  # weights: int8, zero points 0
+            assert inits[n.input[0]].dtype == np.int8 and not inits[n.input[2]].any()
+        if n.op_type in quantize.COMPUTE and n.input[1] in producer:
+            if producer[n.input[1]].op_type == "DequantizeLinear" and producer[n.input[1]].input[0] in inits:
+                assert producer[n.input[0]].op_type == "DequantizeLinear"  # weight quantized => input too
+            if len(n.input) > 2 and n.input[2]:
+                assert n.input[2] not in producer or producer[n.input[2]].op_type != "DequantizeLinear"  # float bias
+    ref = make_session(proto).run(None, feeds)
+    got = make_session(out).run(None, feeds)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape and r.dtype == g.dtype
+        assert np.isfinite(g[np.isfinite(r)]).all()
