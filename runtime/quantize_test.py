@@ -1,0 +1,33 @@
+import json
+
+import numpy as np
+import onnx
+
+from optgraph.passes.precision import trained
+from optgraph.runtime.cli import main
+
+
+def test_quantize_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    t = trained.tabular_mlp()
+    model, data, out, cache = (str(tmp_path / n) for n in ("m.onnx", "d.npz", "q.onnx", "c.json"))
+    onnx.save(t.model, model)
+    np.savez(data, x=t.x_train)
+    assert main(["quantize", model, "-o", out, "--calib", data, "--samples", "100", "--cache", cache, "--check"]) == 0
+    err = capsys.readouterr().err
+    assert "top-1 agreement" in err and "of 100" in err
+    q = onnx.load(out)
+    assert [n.op_type for n in q.graph.node].count("QuantizeLinear") == 3
+    assert json.loads(open(cache).read())["method"] == "mse"
+    # the cache is reused: no data needed
+    assert main(["quantize", model, "-o", str(tmp_path / "q2.onnx"), "--cache", cache]) == 0
+    assert open(tmp_path / "q2.onnx", "rb").read() == open(out, "rb").read()
+
+
+def test_quantize_refuses_without_data(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    model, out = str(tmp_path / "m.onnx"), tmp_path / "q.onnx"
+    onnx.save(trained.tabular_mlp().model, model)
+    assert main(["quantize", model, "-o", str(out)]) == 2
+    assert main(["quantize", model, "-o", str(out), "--calib", str(tmp_path / "none.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--calib" in err and "does not exist" in err and "Traceback" not in err
+    assert not out.exists()
