@@ -66,3 +66,32 @@ def test_sources_npz_folder_and_limit(tmp_path) -> None:  # type: ignore[no-unty
         c.source(str(tmp_path / "missing.npz"), ["x"])
     with pytest.raises(c.CalibrationError, match="empty"):
         c.collect(_relu_model(), lambda: iter(()))
+
+
+def _entropy_reference(h: np.ndarray, levels: int = 128) -> int:
+    """TensorRT's KL search written candidate by candidate: the best clipped length."""
+    best, best_i = np.inf, len(h)
+    for i in range(levels, len(h) + 1):
+        p = h[:i].astype(np.float64)
+        p[-1] += h[i:].sum()
+        nz = p != 0
+        group = (np.arange(i) * levels) // i
+        mass = np.bincount(group, weights=h[:i], minlength=levels)
+        filled = np.bincount(group, weights=nz.astype(np.float64), minlength=levels)
+        q = np.where(nz, mass[group] / np.maximum(filled[group], 1), 0.0)
+        p, q = p / p.sum(), q / max(q.sum(), 1e-300)
+        m = p > 0
+        q = np.where(m & (q == 0), 1e-4, q)
+        kl = float(np.sum(p[m] * np.log(p[m] / q[m])))
+        if kl < best:
+            best, best_i = kl, i
+    return best_i
+
+
+def test_entropy_matches_the_candidate_by_candidate_search() -> None:
+    rng = np.random.default_rng(2)
+    for k in range(6):
+        x = np.abs(rng.standard_t(2 + k, 20000)) if k % 2 else np.maximum(rng.normal(0, 1, 20000) - 0.3, 0)
+        h = np.bincount(np.minimum((x / x.max() * 512).astype(int), 511), minlength=512)
+        i = _entropy_reference(h)
+        assert c._entropy(h, 1.0) == ((i + 0.5) if i < 512 else 512)
