@@ -265,3 +265,37 @@ def test_float_to_float_cast_of_an_input_shares_the_inputs_cast():
     """)
     _assert_cast_invariants(out)
     assert _ops(out)["Cast"] == 3  # x in, y out, z out
+
+
+@pytest.mark.parametrize("fixture", ["digits_cnn", "tabular_mlp"])
+def test_trained_model_keeps_held_out_accuracy(fixture):
+    from optgraph.passes.precision import trained
+
+    t = getattr(trained, fixture)()
+    model = ir.from_proto(copy.deepcopy(t.model))
+    run_passes(model, "fp16")
+    out = ir.to_proto(model)
+    assert _ops(out)["Cast"] >= 2
+    ref = make_session(t.model).run(None, {t.input_name: t.x_test})[0]
+    half = make_session(out).run(None, {t.input_name: t.x_test})[0]
+    assert np.isfinite(half).all()
+    err = float(np.abs(half - ref).max() / max(np.abs(ref).max(), 1e-12))
+    print(f"{fixture}: fp32 {t.accuracy(ref):.2f}%, fp16 {t.accuracy(half):.2f}%, max logit error {err:.2e} of max |logit|")
+    assert abs(t.accuracy(half) - t.accuracy(ref)) <= 0.1
+    assert err < FP16_RTOL
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_builds_the_fp16_result_in_half():
+    from optgraph.passes.precision import trained
+    from optgraph.runtime import tensorrt
+
+    if not tensorrt.available():
+        pytest.skip("TensorRT is not installed")
+    model = ir.from_proto(copy.deepcopy(trained.digits_cnn().model))
+    run_passes(model, "default,fp16")
+    result = tensorrt.build(ir.to_proto(model).SerializeToString())
+    assert result.ok, result.errors
+    tensors = result.report.precision()["tensors"]
+    print(f"digits_cnn fp16 engine: {result.report.num_layers} layers, tensors {tensors}")
+    assert tensors.get("Half", 0) > tensors.get("Float", 0), tensors
