@@ -70,8 +70,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = PassManager(parse_pipeline(spec), ctx=ctx).run(model)
     ir.save(model, args.output)
     totals = report.totals()
-    print(f"quantize: {totals.get('weights_quantized', 0)} weights, {totals.get('activations_quantized', 0)} "
-          f"activations quantized ({args.method}); wrote {args.output}", file=sys.stderr)
+    print(f"quantize: {totals.get('layers_quantized', 0)} layers, {totals.get('weights_quantized', 0)} weights, "
+          f"{totals.get('activations_quantized', 0)} activations quantized ({args.method}); wrote {args.output}",
+          file=sys.stderr)
     if args.check:
         if data is None:
             raise QuantizeCommandError("--check needs --calib DATA")

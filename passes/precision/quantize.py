@@ -30,8 +30,10 @@ import numpy as np
 import onnx
 
 from optgraph import ir
+from optgraph.ir.order import sort
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
+from optgraph.passes.shapes import ShapeInference
 
 FLOAT = onnx.TensorProto.FLOAT
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -90,6 +92,7 @@ class QuantizeInt8(Pass):
         if model.opset() < 13:
             raise QuantizeError(f"quantize-int8 needs opset 13 or newer (per-channel DequantizeLinear); "
                                      f"the model has {model.opset()}")
+        ctx.get(ShapeInference)  # dtypes of every tensor: only float32 activations are quantized
         opt = self.options
         name_re = re.compile(opt.exclude) if opt.exclude else None
         graph = model.graph
@@ -114,6 +117,7 @@ class QuantizeInt8(Pass):
             return dq.output
 
         quantized: set[ir.Node] = set()
+        weights: dict[tuple[ir.Value, int], ir.Value] = {}
         for node in list(graph):
             kind = _kind(node)
             if kind is None or kind in opt.exclude_ops or (name_re is not None and name_re.search(node.name)):
@@ -122,30 +126,33 @@ class QuantizeInt8(Pass):
             if x is None or w is None:
                 continue
             array = ir.constant_array(w)
-            if array is None or array.dtype != np.float32:
+            if array is None or array.dtype != np.float32 or (kind == "Gemm" and node.attr("transA", 0)):
                 continue  # activation x activation MatMuls and float16 weights stay float
-            dx = activation(x, node)
-            if dx is None:
+            if ranges.get(x.name, 0.0) <= 0 or x.dtype != FLOAT:
                 continue
             axis = weight_axis(kind, node, array.ndim)
-            if kind == "Gemm" and node.attr("transA", 0):
-                continue
-            scales = weight_scales(array, axis)
-            shape = [1] * array.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(array / scales.reshape(shape)), -127, 127).astype(np.int8)
-            wq = graph.add_initializer(q, f"{w.name}_int8")
-            ws = graph.add_initializer(scales, f"{w.name}_scale")
-            wz = graph.add_initializer(np.zeros(len(scales), np.int8), f"{w.name}_zero")
-            dq = graph.make_node("DequantizeLinear", [wq, ws, wz], {"axis": axis}, name=f"{w.name}_dequantize",
-                                 before=node)
-            dq.output.dtype, dq.output.shape = FLOAT, w.shape
+            key = (w, axis)
+            if key not in weights:  # a weight shared by several layers is quantized once
+                scales = weight_scales(array, axis)
+                shape = [1] * array.ndim
+                shape[axis] = -1
+                q = np.clip(np.round(array / scales.reshape(shape)), -127, 127).astype(np.int8)
+                wq = graph.add_initializer(q, f"{w.name}_int8")
+                ws = graph.add_initializer(scales, f"{w.name}_scale")
+                wz = graph.add_initializer(np.zeros(len(scales), np.int8), f"{w.name}_zero")
+                dq = graph.make_node("DequantizeLinear", [wq, ws, wz], {"axis": axis}, name=f"{w.name}_dequantize",
+                                     before=node)
+                dq.output.dtype, dq.output.shape = FLOAT, w.shape
+                weights[key] = dq.output
+                stats["weights_quantized"] += 1
+            dx = activation(x, node)
+            assert dx is not None
             node.set_input(0, dx)
-            node.set_input(1, dq.output)
+            node.set_input(1, weights[key])
             if not w.is_used and not w.is_graph_output and w.name in graph.initializers:
                 graph.remove_initializer(w)
             quantized.add(node)
-            stats["weights_quantized"] += 1
+            stats["layers_quantized"] += 1
         if opt.residual:
             for node in list(graph):
                 if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
@@ -166,4 +173,6 @@ class QuantizeInt8(Pass):
                     stats["residuals_quantized"] += 1
         if not zero.is_used:
             graph.remove_initializer(zero)
-        return PassResult(bool(stats["weights_quantized"]), stats)
+        if stats["residuals_quantized"]:
+            sort(graph)  # a Q/DQ made for a later layer may now also feed an earlier Add
+        return PassResult(bool(stats["layers_quantized"]), stats)

@@ -113,3 +113,17 @@ def test_random_graphs_quantize_validly(proto: onnx.ModelProto) -> None:
     for r, g in zip(ref, got):
         assert r.shape == g.shape and r.dtype == g.dtype
         assert np.isfinite(g[np.isfinite(r)]).all()
+
+
+def test_a_shared_weight_is_quantized_once() -> None:
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (3, 3, 1, 1)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+                           helper.make_node("Conv", ["a", "w"], ["y"], name="c2")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    out = _quantize(model, {"x": 1.0, "a": 5.0})
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("DequantizeLinear") == 3 and ops.count("QuantizeLinear") == 2  # x, a; one weight DQ
+    assert sorted(t.name for t in out.graph.initializer if t.name.endswith("_int8")) == ["w_int8"]
