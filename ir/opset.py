@@ -178,9 +178,58 @@ def removable(node: Node, model: Model) -> bool:
     return (node.domain, node.op_type, node.overload) in model.functions
 
 
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def is_onnx(node: Node, *ops: str) -> bool:
+    """Whether ``node`` is an op of the default ONNX domain (and one of ``ops``, when given)."""
+    return node.domain in ONNX_DOMAINS and (not ops or node.op_type in ops)
+
+
+class Trait(enum.Flag):
+    """What a pass may assume about an ONNX op."""
+
+    COMMUTATIVE = enum.auto()
+    """Binary (or variadic) op whose operands may be swapped."""
+    ELEMENTWISE = enum.auto()
+    """Output element i is a function of input elements at i (after broadcasting) and the output
+    has the input's type: a reshape commutes with it when the other operands are scalars."""
+    IN_PLACE = enum.auto()
+    """Output element i depends only on input elements at i: a streaming kernel may write the
+    output over a same-sized input (types may differ: Cast, comparisons)."""
+    ACTIVATION = enum.auto()
+    """Elementwise activation a conv can be fused with (one tensor; Clip also min and max)."""
+
+
+_C, _E, _I, _A = Trait.COMMUTATIVE, Trait.ELEMENTWISE, Trait.IN_PLACE, Trait.ACTIVATION
+TRAITS: dict[str, Trait] = {
+    "Abs": _E | _I, "Acos": _E | _I, "Acosh": _E | _I, "Add": _C | _E | _I, "And": _C | _I, "Asin": _E | _I,
+    "Asinh": _E | _I, "Atan": _E | _I, "Atanh": _E | _I, "BatchNormalization": _I, "BitShift": _I,
+    "BitwiseAnd": _C | _I, "BitwiseNot": _I, "BitwiseOr": _C | _I, "BitwiseXor": _C | _I, "Cast": _I,
+    "Ceil": _E | _I, "Celu": _I | _A, "Clip": _I | _A, "Cos": _E | _I, "Cosh": _E | _I, "Div": _E | _I,
+    "Dropout": _I, "Elu": _E | _I | _A, "Equal": _C | _I, "Erf": _E | _I, "Exp": _E | _I, "Floor": _E | _I,
+    "Gelu": _E | _I | _A, "Greater": _I, "GreaterOrEqual": _I, "HardSigmoid": _E | _I | _A,
+    "HardSwish": _E | _I | _A, "Identity": _I, "IsInf": _E | _I, "IsNaN": _E | _I, "LeakyRelu": _E | _I | _A,
+    "Less": _I, "LessOrEqual": _I, "Log": _E | _I, "Max": _C | _E | _I, "Mean": _C | _I, "Min": _C | _E | _I,
+    "Mish": _E | _I | _A, "Mod": _I, "Mul": _C | _E | _I, "Neg": _E | _I, "Not": _E | _I, "Or": _C | _I,
+    "PRelu": _I, "Pow": _E | _I, "Reciprocal": _E | _I, "Relu": _E | _I | _A, "Round": _E | _I,
+    "Selu": _E | _I | _A, "Sigmoid": _E | _I | _A, "Sign": _E | _I, "Sin": _E | _I, "Sinh": _E | _I,
+    "Softplus": _E | _I | _A, "Softsign": _E | _I, "Sqrt": _E | _I, "Sub": _E | _I, "Sum": _C | _I,
+    "Tan": _E | _I, "Tanh": _E | _I | _A, "ThresholdedRelu": _E | _I | _A, "Where": _I, "Xor": _C | _I,
+}
+"""The op traits of the default domain, in one table (an op not listed has none)."""
+
+
+def ops_with(trait: Trait) -> frozenset[str]:
+    return frozenset(op for op, t in TRAITS.items() if trait in t)
+
+
+COMMUTATIVE = ops_with(Trait.COMMUTATIVE)
+ELEMENTWISE = ops_with(Trait.ELEMENTWISE)
+IN_PLACE = ops_with(Trait.IN_PLACE)
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
                "Celu", "Softplus", "ThresholdedRelu", "Mish", "Gelu")
-"""Elementwise activations a conv can be fused with (all take one tensor; Clip also min and max)."""
+"""The ACTIVATION ops in the order the fusion pattern tries them."""
 
 
 def attrs_key(node: Node) -> tuple[Any, ...]:

@@ -107,3 +107,19 @@ def test_graphs_with_opset_uses_each_functions_own_imports() -> None:
     versions = {g.name: v for g, v in ops.graphs_with_opset(model)}
     assert versions == {"g": 17, "f": 13}
     assert ops.operand(list(model.graph)[0], 17, "missing") is ops.ABSENT
+
+
+def test_trait_table_matches_the_named_sets() -> None:
+    assert set(ops.ACTIVATIONS) == ops.ops_with(ops.Trait.ACTIVATION)
+    assert ops.ELEMENTWISE <= ops.IN_PLACE  # a layout-transparent op is also safe in place
+    assert {"Add", "Mul", "BitwiseXor"} <= ops.COMMUTATIVE and "Sub" not in ops.COMMUTATIVE
+    assert "Cast" in ops.IN_PLACE and "Cast" not in ops.ELEMENTWISE
+
+
+def test_is_onnx_and_itemsize() -> None:
+    model = ir.from_proto(parser.parse_model("""<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+        g (float[2] x) => (float[2] y, float[2] z) { y = Relu(x)  z = com.example.Relu(x) }"""))
+    relu, custom = model.graph
+    assert ops.is_onnx(relu) and ops.is_onnx(relu, "Relu", "Clip") and not ops.is_onnx(relu, "Clip")
+    assert not ops.is_onnx(custom)
+    assert ir.itemsize(10) == 2 and ir.itemsize(8) is None and ir.itemsize(0) is None  # float16, string

@@ -74,7 +74,7 @@ class Tensor:
             return int(self._array.nbytes)
         if self._external is not None:
             return self._external.length
-        return self.size * _itemsize(self.dtype)
+        return self.size * (itemsize(self.dtype) or 0)
 
     @property
     def encoded_size(self) -> int:
@@ -168,11 +168,13 @@ def _from_raw(proto: onnx.TensorProto) -> np.ndarray | None:
 
 
 @functools.cache
-def _itemsize(dtype: int) -> int:
+def itemsize(dtype: int) -> int | None:
+    """Bytes per element of an ONNX element type; None when unknown or not fixed (strings)."""
     try:
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize)
+        np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype))
     except (KeyError, TypeError, ValueError):
-        return 0
+        return None
+    return None if np_dtype.kind in "OUS" else np_dtype.itemsize
 
 
 def check_external(proto: onnx.TensorProto, base_dir: str | None) -> ExternalData:

@@ -64,7 +64,7 @@ def _absorbed(v: ir.Value | None, parent: ir.Node, axis: int) -> ir.Node | None:
     if v is None or v.is_graph_output or any(u is not parent for u, _ in v.uses):
         return None
     p = v.producer
-    if p is None or p.op_type != "Concat" or p.domain not in ("", "ai.onnx") or p.graph is not parent.graph:
+    if p is None or p.op_type != "Concat" or not ops.is_onnx(p) or p.graph is not parent.graph:
         return None
     return p if axis_of(p) == axis else None
 
@@ -193,7 +193,7 @@ def concat_read_by(node: ir.Node) -> ir.Node | None:
     """The Concat (of this graph) producing ``node``'s first input, if that is what produces it."""
     data = node.inputs[0]
     concat = data.producer if data is not None else None
-    if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") \
+    if concat is None or concat.op_type != "Concat" or not ops.is_onnx(concat) \
             or concat.graph is not node.graph:
         return None
     return concat

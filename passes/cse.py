@@ -18,12 +18,10 @@ import hashlib
 from typing import Any
 
 from optgraph import ir
-from optgraph.ir.opset import RANDOM_OPS
+from optgraph.ir.opset import COMMUTATIVE, RANDOM_OPS
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
 
-COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
-                         "BitwiseOr", "BitwiseXor"})
 _DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 

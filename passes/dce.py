@@ -34,7 +34,7 @@ def _optional_outputs(domain: str, op_type: str, opset: int) -> frozenset[int]:
 
 def _drop_unused_optional_outputs(node: ir.Node, opset: int) -> int:
     """Omit optional outputs nothing reads; returns how many were dropped."""
-    if node.domain not in ("", "ai.onnx") or node.op_type in _OUTPUTS_MATTER or len(node.outputs) < 2:
+    if not ops.is_onnx(node) or node.op_type in _OUTPUTS_MATTER or len(node.outputs) < 2:
         return 0
     optional = _optional_outputs(node.domain, node.op_type, opset)
     dead = [i for i, v in enumerate(node.outputs) if i in optional and v is not None and not v.is_used]

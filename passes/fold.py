@@ -49,11 +49,8 @@ def _nbytes(shape: tuple[int | str | None, ...] | None, dtype: int) -> int | Non
     """Bytes of a tensor of that static shape and dtype, None when not static or not sized."""
     if shape is None or not all(isinstance(d, int) for d in shape) or not dtype:
         return None
-    try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return None
-    return math.prod(shape) * itemsize  # type: ignore[arg-type]
+    size = ir.itemsize(dtype)
+    return None if size is None else math.prod(shape) * size  # type: ignore[arg-type]
 
 
 def shape_slice(node: ir.Node, rank: int) -> tuple[int, int]:
@@ -83,7 +80,7 @@ class FoldConstants(Pass):
         opsets = {d or "": v for d, v in model.opset_imports.items()}
         for graph in model.all_graphs(functions=False):  # function bodies cannot hold initializers
             for node in graph:
-                if node.domain not in ("", "ai.onnx") or any(v is not None and v.is_graph_output for v in node.outputs):
+                if not ops.is_onnx(node) or any(v is not None and v.is_graph_output for v in node.outputs):
                     continue
                 if node.op_type == "Constant":
                     done = self._constant_node(graph, node)
@@ -117,7 +114,7 @@ class FoldConstants(Pass):
             dims = shape[start:end]
             return [np.array(dims, np.int64)] if all(isinstance(d, int) for d in dims) else None
         src = node.inputs[0].producer if node.inputs[0] is not None else None
-        if src is None or src.op_type != "Shape" or src.domain not in ("", "ai.onnx") or src.inputs[0] is None:
+        if src is None or src.op_type != "Shape" or not ops.is_onnx(src) or src.inputs[0] is None:
             return None
         shape = self._shape(src.inputs[0])
         if shape is None:

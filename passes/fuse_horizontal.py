@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from optgraph import ir
-from optgraph.ir.opset import ACTIVATIONS, activation_key
+from optgraph.ir.opset import ACTIVATIONS, activation_key, is_onnx
 from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, describe
 from optgraph.passes.registry import register
 
@@ -92,7 +92,7 @@ class _Horizontal(Rule):
         groups: dict[tuple[Any, ...], list[ir.Node]] = {}
         keys: dict[ir.Node, tuple[Any, ...]] = {}
         for c in x.consumers:
-            if c.op_type == self.op_type and c.domain in ("", "ai.onnx") and c.inputs[0] is x \
+            if c.op_type == self.op_type and is_onnx(c) and c.inputs[0] is x \
                     and x not in c.inputs[1:] and (key := self.key(c)) is not None:
                 groups.setdefault(key, []).append(c)
                 keys[c] = key
@@ -137,7 +137,7 @@ class _Horizontal(Rule):
         """The Concat all branch outputs feed, in order and contiguously, on the channel axis."""
         users = [single_consumer(e.output) for e in ends]
         concat = users[0]
-        if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") \
+        if concat is None or concat.op_type != "Concat" or not is_onnx(concat) \
                 or any(u is not concat for u in users):
             return None
         start = concat.inputs.index(ends[0].output)
@@ -238,7 +238,7 @@ class HorizontalMatMul(_Horizontal):
 
     def bias_tail(self, node: ir.Node) -> ir.Node | None:
         add = single_consumer(node.output)
-        if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        if add is None or add.op_type != "Add" or not is_onnx(add):
             return None
         other = add.inputs[1] if add.inputs[0] is node.output else add.inputs[0]
         b = ir.constant_array(other)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optgraph import ir
+from optgraph.ir.opset import ELEMENTWISE
 from optgraph.ir import opset as ops
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
@@ -32,12 +33,6 @@ from optgraph.passes.registry import register
 from optgraph.passes.shapes import ShapeInference
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
-ELEMENTWISE = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh", "Div", "Elu", "Erf",
-    "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "IsInf", "IsNaN", "LeakyRelu", "Log", "Max", "Min", "Mish",
-    "Mul", "Neg", "Not", "Pow", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus",
-    "Softsign", "Sqrt", "Sub", "Tan", "Tanh", "ThresholdedRelu",
-})
 
 
 def _static(shape: Shape | None) -> tuple[int, ...] | None:
@@ -103,7 +98,7 @@ class SimplifyLayout(Pass):
         ctx.get(ShapeInference)
         for graph, opset in ops.graphs_with_opset(model):
             for node in graph:
-                if node.domain not in ("", "ai.onnx") or node.op_type not in LAYOUT_OPS:
+                if not ops.is_onnx(node) or node.op_type not in LAYOUT_OPS:
                     continue
                 if node.op_type == "Reshape" and self._reshape_of_reshape(node):
                     stats["reshape_of_reshape"] += 1
@@ -116,7 +111,7 @@ class SimplifyLayout(Pass):
     @staticmethod
     def _reshape_of_reshape(node: ir.Node) -> bool:
         inner = node.inputs[0].producer if node.inputs[0] is not None else None
-        if inner is None or inner.op_type not in ("Reshape", "Flatten") or inner.domain not in ("", "ai.onnx"):
+        if inner is None or inner.op_type not in ("Reshape", "Flatten") or not ops.is_onnx(inner):
             return False
         target = ir.constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if target is None or (0 in target.tolist() and not node.attr("allowzero", 0)):
@@ -139,7 +134,7 @@ class SimplifyLayout(Pass):
             out = run[-1].output
             users = out.consumers
             if out.is_graph_output or len(users) != 1 or users[0].op_type not in LAYOUT_OPS \
-                    or users[0].domain not in ("", "ai.onnx") or users[0].inputs[0] is not out \
+                    or not ops.is_onnx(users[0]) or users[0].inputs[0] is not out \
                     or users[0].graph is not graph:
                 break
             run.append(users[0])
@@ -207,7 +202,7 @@ class SimplifyLayout(Pass):
             for user in v.consumers:
                 if id(user) in region or id(user) in exits:
                     continue
-                if user.graph is not graph or user.domain not in ("", "ai.onnx"):
+                if user.graph is not graph or not ops.is_onnx(user):
                     return False
                 if user.op_type == "Reshape" and v is not u and user.inputs[0] is v \
                         and _static(user.output.shape) == source:

@@ -40,14 +40,6 @@ class TensorInfo:
     nbytes: int
 
 
-def _itemsize(dtype: int) -> int | None:
-    try:
-        np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None if np_dtype.kind in "OUS" else np_dtype.itemsize  # strings have no fixed size
-
-
 def _concrete(shape: ir.core.Shape | None, dims: Mapping[str, int]) -> tuple[int, ...] | None:
     if shape is None:
         return None
@@ -122,10 +114,10 @@ def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict
 
 def _info(dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> TensorInfo | None:
     concrete = _concrete(shape, dims)
-    itemsize = _itemsize(dtype) if dtype else None
-    if concrete is None or itemsize is None:
+    size = ir.itemsize(dtype) if dtype else None
+    if concrete is None or size is None:
         return None
-    return TensorInfo(dtype, concrete, math.prod(concrete) * itemsize)
+    return TensorInfo(dtype, concrete, math.prod(concrete) * size)
 
 
 def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int],

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from optgraph import ir
+from optgraph.ir.opset import is_onnx
 from optgraph.ir.serde import gc_paused
 from optgraph.ir.verify import verify
 from optgraph.passes import registry
@@ -150,7 +151,7 @@ def op_histogram(model: ir.Model) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for g in model.all_graphs():
         for n in g:
-            counts[f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type] += 1
+            counts[f"{n.domain}:{n.op_type}" if not is_onnx(n) else n.op_type] += 1
     return dict(sorted(counts.items()))
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 
 from optgraph import ir
+from optgraph.ir.opset import IN_PLACE, is_onnx
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.base import Pass, PassContext, PassResult
 from optgraph.passes.liveness import (Liveness, TensorInfo, TensorInfos, is_activation, live_profile, liveness,
@@ -47,17 +48,6 @@ STRATEGIES = ("greedy-size", "greedy-breadth")
 ORDERS = ("file", "memory")
 METADATA_KEY = "optgraph.memory_plan"
 
-# Ops whose output element i depends only on input elements at i (after broadcasting): a
-# streaming kernel may write the output over a same-sized input.
-ELEMENTWISE = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BatchNormalization", "BitShift",
-    "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "Cast", "Ceil", "Celu", "Clip", "Cos", "Cosh", "Div",
-    "Dropout", "Elu", "Equal", "Erf", "Exp", "Floor", "Gelu", "Greater", "GreaterOrEqual", "HardSigmoid",
-    "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "Max", "Mean", "Min",
-    "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid",
-    "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu",
-    "Where", "Xor",
-})
 
 
 class PlanError(ir.OptGraphError):
@@ -166,12 +156,8 @@ class MemoryPlan:
 # aliases
 
 
-def _is_onnx(node: ir.Node, op: str) -> bool:
-    return node.op_type == op and node.domain in ("", "ai.onnx")
-
-
 def _contiguous(node: ir.Node, op: str, whole: ir.Value | None, infos: Mapping[ir.Value, TensorInfo]) -> bool:
-    if not _is_onnx(node, op) or whole is None or whole not in infos:
+    if not is_onnx(node, op) or whole is None or whole not in infos:
         return False
     shape = infos[whole].shape
     axis = node.attr("axis", 0)
@@ -289,7 +275,7 @@ def inplace_aliases(live: Liveness, infos: Mapping[ir.Value, TensorInfo], parent
     tensors = live.tensors
     subtree_end = _subtree_ends(tensors, parent)
     for step, node in enumerate(live.schedule):
-        if node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        if node.op_type not in IN_PLACE or not is_onnx(node) or len(node.outputs) != 1:
             continue
         y = node.outputs[0]
         if y not in tensors:
@@ -685,7 +671,7 @@ def _bad_alias(a: Alias, P: Mapping[ir.Value, Placement], truth: Mapping[ir.Valu
     node = a.into.producer
     assert node is not None
     if a.kind == "inplace":
-        ok = (node.op_type in ELEMENTWISE and a.value in node.inputs and pv.end == pi.start and a.offset == 0
+        ok = (node.op_type in IN_PLACE and a.value in node.inputs and pv.end == pi.start and a.offset == 0
               and pv.nbytes == pi.nbytes and infos[a.value].dtype == infos[a.into].dtype)
         return "" if ok else "only an elementwise op may write over a same-sized input that dies there"
     if a.kind == "split":

@@ -299,7 +299,7 @@ def test_an_in_place_rule_that_ignores_lifetimes_is_caught(monkeypatch):
     def careless(live, infos, parent):  # a deliberately broken rule: same size is enough
         for node in live.schedule:
             y = node.outputs[0]
-            if node.op_type in mp.ELEMENTWISE and y in live.tensors:
+            if node.op_type in mp.IN_PLACE and y in live.tensors:
                 for x in node.inputs:
                     if x in live.tensors and x not in parent and infos[x].nbytes == infos[y].nbytes:
                         parent[x] = mp.Alias(x, y, 0, "inplace")
@@ -321,7 +321,7 @@ def test_a_placement_that_ignores_lifetimes_is_caught(monkeypatch):
 
 
 def test_a_concat_rule_that_ignores_the_layout_is_caught(monkeypatch):
-    monkeypatch.setattr(mp, "contiguous_concat", lambda node, infos: mp._is_onnx(node, "Concat"))
+    monkeypatch.setattr(mp, "contiguous_concat", lambda node, infos: mp.is_onnx(node, "Concat"))
     model = inception(batch=2)
     p = plan(model)
     assert [a for a in p.aliases if a.kind == "concat"]

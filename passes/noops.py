@@ -54,7 +54,7 @@ class _Finder:
 
     def find(self, node: ir.Node, opset: int) -> ir.Value | None:
         check = _CHECKS.get(node.op_type)
-        if check is None or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        if check is None or not ops.is_onnx(node) or not node.inputs or node.inputs[0] is None:
             return None
         if any(v is not None and v.is_used for v in node.outputs[1:]):
             return None  # only the first output is replaced (a used Dropout mask stays)

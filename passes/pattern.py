@@ -35,13 +35,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from optgraph import ir
+from optgraph.ir.opset import COMMUTATIVE, ONNX_DOMAINS, removable
 from optgraph.passes.base import Pass, PassContext, PassResult
-from optgraph.ir.opset import removable
 
-# Binary ops whose two operands may be swapped; a pattern on them also matches the swapped order.
-COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal",
-                         "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
-_ONNX_DOMAINS = ("", "ai.onnx")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +204,7 @@ class _Matcher:
         return None
 
     def node(self, p: OpPattern, node: ir.Node, at: _At) -> str | None:
-        domains = (p.domain,) if p.domain else _ONNX_DOMAINS
+        domains = (p.domain,) if p.domain else ONNX_DOMAINS
         if node.op_type not in p.op_types or node.domain not in domains:
             return f"{_where(at)}: {describe(node)} is not {'/'.join(p.op_types)}"
         for key, want in p.attrs.items():
@@ -414,7 +410,7 @@ def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0
     stats: Counter[str] = Counter()
     by_op: dict[tuple[str, str], list[Rule]] = {}
     for rule in sorted(rules, key=lambda r: -r.benefit):
-        domains = _ONNX_DOMAINS if rule.root_domain in _ONNX_DOMAINS else (rule.root_domain,)
+        domains = ONNX_DOMAINS if rule.root_domain in ONNX_DOMAINS else (rule.root_domain,)
         for op_type in rule.root_ops:
             for domain in domains:  # both spellings of the default domain: lookups need no normalizing
                 by_op.setdefault((domain, op_type), []).append(rule)

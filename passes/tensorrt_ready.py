@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from optgraph import ir
+from optgraph.ir.opset import is_onnx
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
@@ -64,7 +65,7 @@ class TensorRTReady(Pass):
         for graph in model.all_graphs():
             for node in graph:
                 target = _GLOBAL.get(node.op_type)
-                if target is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 \
+                if target is None or not is_onnx(node) or len(node.outputs) != 1 \
                         or node.inputs[0] is None:
                     continue
                 x, y = node.inputs[0], node.output
