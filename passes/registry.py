@@ -2,7 +2,7 @@
 
 Built-in passes register with ``@register``. A plugin package lists modules or Pass classes in
 the ``optgraph.passes`` entry-point group; they are loaded on first use, and one that fails to
-import warns and is skipped so the rest still work.
+import warns and is skipped so the rest still work; what it registered before failing is dropped.
 """
 
 from __future__ import annotations
@@ -65,13 +65,18 @@ def load_plugins() -> list[str]:
     _plugins_loaded = True
     failed = []
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        passes_before, groups_before = dict(_PASSES), dict(_GROUPS)
         try:
             obj = ep.load()
             if isinstance(obj, type) and issubclass(obj, Pass) and obj.name not in _PASSES:
                 register(obj)
-        except Exception as e:  # a broken plugin must not take the tool down
+        except Exception as e:  # a broken plugin must not take the tool down, nor half-register
+            _PASSES.clear()
+            _PASSES.update(passes_before)
+            _GROUPS.clear()
+            _GROUPS.update(groups_before)
             failed.append(ep.name)
-            warnings.warn(f"optgraph: plugin '{ep.name}' ({ep.value}) failed to load: "
+            warnings.warn(f"plugin '{ep.name}' ({ep.value}) failed to load: "
                           f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     return failed
 

@@ -273,3 +273,52 @@ def test_check_each_names_the_first_bad_pass(tmp_path: Path, capsys: pytest.Capt
     code, _, err = run_cli(capsys, "run", str(model), "-o", str(out), "--passes", f"dce,{breaking_pass},dce",
                            "--check-each")
     assert code == 1 and f"pass '{breaking_pass}' changed the results" in err and not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# small gaps: onnxruntime's own log lines, plugins that fail half-way
+
+
+RESHAPE_TO_16 = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[4, 4] y) {
+  s = Constant <value = int64[2] {4, 4}> ()
+  y = Reshape(x, s)
+}
+"""
+
+
+def test_onnxruntime_log_lines_do_not_leak(tmp_path: Path) -> None:
+    """A reference that fails in onnxruntime gives optgraph's one line, not ORT's raw log first
+    (a subprocess: ORT writes its log to the process's stderr, below capsys)."""
+    bad, good = write(tmp_path / "bad.onnx", RESHAPE_TO_16), write(tmp_path / "good.onnx")
+    done = subprocess.run([sys.executable, "-m", "optgraph.runtime.cli", "verify", str(bad), str(good)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("optgraph: error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+class _FakeEntryPoint:
+    name, value = "half", "half_plugin:Pass"
+
+    def load(self) -> object:
+        from optgraph.passes import Pass, register
+
+        @register
+        class Registered(Pass):
+            name = "test-half-registered"
+            description = "registered by a plugin that then fails"
+
+        raise ImportError("the rest of the plugin is missing")
+
+
+def test_a_failing_plugin_registers_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    from optgraph.passes import registry
+
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [_FakeEntryPoint()])
+    code, out, err = run_cli(capsys, "list")
+    assert code == 0 and "test-half-registered" not in out
+    assert err.count("optgraph:") == 1 and err.startswith("optgraph: warning: plugin 'half'"), err

@@ -167,7 +167,7 @@ def _session(model: onnx.ModelProto, names: Sequence[str]):  # type: ignore[no-u
                               for n in names if n not in have)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures arrive as exceptions, not raw log lines
     return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -114,7 +114,7 @@ def make_session(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = 1  # deterministic reductions, and polite on small CI machines
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: failures reach the caller as exceptions, not log lines
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
