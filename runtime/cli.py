@@ -96,8 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         from optgraph.passes.testing.oracle import compare
 
-        check = compare(_reference(args.model), ir.to_proto(model), n_inputs=args.inputs, seed=args.seed,
-                        dims=ctx.dims, rtol=args.rtol, atol=args.atol)
+        reference = _reference(args.model)
+        check = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed, dims=ctx.dims,
+                        rtol=args.rtol, atol=args.atol, feeds=_data(args, reference))
         if not check.equivalent:
             print(f"optgraph: mismatch: {check.message}; output not written", file=sys.stderr)
             return EXIT_MISMATCH
@@ -147,15 +148,37 @@ def _first_mismatch_guard(path: str, args: argparse.Namespace) -> Any:
     from optgraph.passes.testing.oracle import compare
 
     reference = _reference(path)
+    feeds = _data(args, reference)
 
     def check(model: ir.Model, record: Any) -> None:
         if not record.changed:
             return
-        result = compare(reference, ir.to_proto(model), n_inputs=args.inputs, seed=args.seed, dims=_dims(args.dim))
+        result = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed,
+                         dims=_dims(args.dim), rtol=args.rtol, atol=args.atol, feeds=feeds)
         if not result.equivalent:
             raise _Mismatch(f"pass '{record.name}' changed the results: {result.message}")
 
     return check
+
+
+def _data(args: argparse.Namespace, reference: Any) -> list[dict[str, Any]] | None:
+    """The batches of ``--data`` (calibration's formats) for the oracle, at most ``--inputs`` of
+    them when given; None for random inputs. A .npz is cut along its first axis into batches of
+    the model's static batch size (16 when the batch is symbolic)."""
+    if not args.data:
+        return None
+    from itertools import islice
+
+    from optgraph.passes.precision import calibration
+
+    inits = {t.name for t in reference.graph.initializer}
+    inputs = [vi for vi in reference.graph.input if vi.name not in inits]
+    first = inputs[0].type.tensor_type.shape.dim if inputs else []
+    batch = first[0].dim_value if len(first) and first[0].dim_value > 0 else 16
+    feeds = list(islice(calibration.source(args.data, [vi.name for vi in inputs], batch=batch)(), args.inputs))
+    if not feeds:
+        raise UsageError(f"--data {args.data} holds no samples")
+    return feeds
 
 
 class _Mismatch(Exception):
@@ -209,8 +232,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from optgraph.passes.testing.oracle import compare
 
-    result = compare(_reference(args.original), _reference(args.rewritten), n_inputs=args.inputs, seed=args.seed, dims=_dims(args.dim),
-                     rtol=args.rtol, atol=args.atol)
+    reference = _reference(args.original)
+    result = compare(reference, _reference(args.rewritten), n_inputs=args.inputs or 3, seed=args.seed,
+                     dims=_dims(args.dim), rtol=args.rtol, atol=args.atol, feeds=_data(args, reference))
     if result.equivalent:
         print(f"equivalent: {result.message}")
         return EXIT_OK
@@ -287,7 +311,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from optgraph.runtime.executor import check_by_execution
 
         problems = check_plan(model, plan)
-        result = None if problems else check_by_execution(model, plan, n_inputs=args.inputs, seed=args.seed)
+        result = None if problems else check_by_execution(model, plan, n_inputs=args.inputs or 3, seed=args.seed)
         if result is None or not result:
             print(f"mismatch: {problems[0] if problems else result.message}")  # type: ignore[union-attr]
             return EXIT_MISMATCH
@@ -305,11 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"optgraph {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def oracle_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--inputs", type=_positive, default=3, help="random input sets for the oracle (default 3)")
+    def oracle_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+        p.add_argument("--inputs", type=_positive, help="random input sets for the oracle (default 3); "
+                       "with --data, the most batches of it to use (default all)")
         p.add_argument("--seed", type=int, default=0, help="seed of the first input set")
         p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                        help="size of a symbolic dimension (repeatable)")
+        if data:
+            p.add_argument("--data", metavar="DATA", help="compare on real inputs instead of random ones: "
+                           ".npz (arrays by input name, samples on the first axis), a folder of .npy/.npz "
+                           "or images, or module:function (as quantize --calib)")
 
     def tolerances(p: argparse.ArgumentParser) -> None:
         p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
@@ -362,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--passes", default="none", help="run this pipeline first (e.g. fuse); default: none")
     plan.add_argument("--check", action="store_true",
                       help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")
-    oracle_options(plan)
+    oracle_options(plan, data=False)
     plan.set_defaults(func=cmd_plan)
 
     from optgraph.runtime import build, quantize

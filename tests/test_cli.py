@@ -322,3 +322,84 @@ def test_a_failing_plugin_registers_nothing(monkeypatch: pytest.MonkeyPatch, cap
     code, out, err = run_cli(capsys, "list")
     assert code == 0 and "test-half-registered" not in out
     assert err.count("optgraph:") == 1 and err.startswith("optgraph: warning: plugin 'half'"), err
+
+
+# ------------------------------------------------------------------------------------------------
+# a reference that disagrees with itself is named, not blamed on a pass
+
+TRAINING_DROPOUT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4, 8] x) => (float[4, 8] y) {
+  r = Constant <value = float {0.5}> ()
+  t = Constant <value = bool {1}> ()
+  one = Constant <value = float {1.0}> ()
+  a = Mul(x, one)
+  d = Dropout(a, r, t)
+  y = Relu(d)
+}
+"""
+
+RANDOM_LIKE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4, 8] x) => (float[4, 8] y) {
+  n = RandomNormalLike <dtype = 1> (x)
+  y = Add(x, n)
+}
+"""
+
+
+@pytest.mark.parametrize(("text", "op", "how"), [
+    (TRAINING_DROPOUT, "Dropout", "verify"), (TRAINING_DROPOUT, "Dropout", "check"),
+    (TRAINING_DROPOUT, "Dropout", "check-each"), (RANDOM_LIKE, "RandomNormalLike", "verify"),
+    (RANDOM_LIKE.replace("RandomNormalLike <dtype = 1>", "RandomUniformLike <dtype = 1, seed = 1.0>"),
+     "RandomUniformLike", "check")])
+def test_nondeterministic_reference_is_named(text: str, op: str, how: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    model, out = write(tmp_path / "m.onnx", text), tmp_path / "o.onnx"
+    argv = ["verify", str(model), str(model)] if how == "verify" else \
+        ["run", str(model), "-o", str(out), f"--{how}"]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 2 and not out.exists(), (stdout, err)
+    assert err.startswith("optgraph: error: the reference model is not deterministic") and f"{op} '" in err, err
+    assert len(err.splitlines()) == 1 and "changed the results" not in err and "mismatch" not in stdout + err
+
+
+def test_training_dropout_is_named_in_the_oracle() -> None:
+    from optgraph.passes.testing.oracle import NondeterministicReference, compare, random_ops
+
+    model = parser.parse_model(TRAINING_DROPOUT)
+    assert random_ops(model) == ["Dropout '' (training_mode)"]
+    assert random_ops(parser.parse_model(TRAINING_DROPOUT.replace("bool {1}", "bool {0}"))) == []
+    with pytest.raises(NondeterministicReference, match="Dropout"):
+        compare(model, model)
+
+
+# ------------------------------------------------------------------------------------------------
+# --data: the check on real inputs
+
+CLIPPED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 3] x) => (float[N, 3] y) {
+  lo = Constant <value = float {-LIMIT}> ()
+  hi = Constant <value = float {LIMIT}> ()
+  y = Clip(x, lo, hi)
+}
+"""
+
+
+def test_data_feeds_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two models that differ only beyond |x| = 10, which random normal inputs never reach."""
+    a = write(tmp_path / "a.onnx", CLIPPED.replace("LIMIT", "100.0"))
+    b = write(tmp_path / "b.onnx", CLIPPED.replace("LIMIT", "10.0"))
+    data = tmp_path / "inputs.npz"
+    np.savez(data, x=np.linspace(-50, 50, 30, dtype=np.float32).reshape(10, 3))
+    assert run_cli(capsys, "verify", str(a), str(b))[0] == 0
+    code, out, _ = run_cli(capsys, "verify", str(a), str(b), "--data", str(data))
+    assert code == 1 and "(batch 0)" in out, out
+    code, out, _ = run_cli(capsys, "run", str(a), "-o", str(tmp_path / "o.onnx"), "--check", "--data", str(data))
+    assert code == 0 and "equivalent on 1 batch(es) of data" in out, out
+    np.savez(tmp_path / "wrong.npz", z=np.zeros((2, 3), np.float32))
+    before = set(os.listdir(tmp_path))
+    code, _, err = run_cli(capsys, "verify", str(a), str(b), "--data", str(tmp_path / "wrong.npz"))
+    assert_clean_failure(code, err, tmp_path, before)
+    assert "no array for input(s) x" in err

@@ -10,7 +10,7 @@ element. Integers and booleans must agree exactly; NaN and infinity positions mu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,17 +68,82 @@ def _feed_shape(vi: onnx.ValueInfoProto, dims: Mapping[str, int]) -> tuple[int, 
     return tuple(out)
 
 
+# ops that pass index values through unchanged, followed when looking for where an input indexes
+_INDEX_CARRIERS = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose"}
+# random ops: a reference that contains one can disagree with itself
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+
+
+def _known_shapes(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
+    shapes: dict[str, list[int | str | None]] = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        tt = vi.type.tensor_type
+        if vi.name not in shapes and vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tt.shape.dim]
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    shapes[n.output[0]] = list(a.t.dims)
+    return shapes
+
+
+def index_bounds(model_proto: ModelLike, dims: Mapping[str, int] | None = None) -> dict[str, int]:
+    """For integer graph inputs used as Gather/GatherElements indices (directly or through casts
+    and reshapes), the size of the indexed axis: random indices drawn below it stay in range.
+
+    An input that indexes several tables gets the smallest bound; one whose table size is unknown
+    gets none.
+    """
+    proto = _as_proto(model_proto)
+    graph, dims = proto.graph, dims or {}
+    shapes = _known_shapes(graph)
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            users.setdefault(name, []).append((n, i))
+    inits = {t.name for t in graph.initializer}
+    bounds: dict[str, int] = {}
+    for vi in graph.input:
+        if vi.name in inits:
+            continue
+        found: list[int] = []
+        todo, seen = [vi.name], {vi.name}
+        while todo:
+            for node, slot in users.get(todo.pop(), []):
+                if node.domain not in ("", "ai.onnx"):
+                    continue
+                if node.op_type in ("Gather", "GatherElements") and slot == 1:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    shape = shapes.get(node.input[0])
+                    if shape is not None and -len(shape) <= axis < len(shape):
+                        d = shape[axis]
+                        size = d if isinstance(d, int) and d > 0 else dims.get(d) if isinstance(d, str) else None
+                        if size:
+                            found.append(size)
+                elif node.op_type in _INDEX_CARRIERS and slot == 0:
+                    for out in node.output:
+                        if out not in seen:
+                            seen.add(out)
+                            todo.append(out)
+        if found:
+            bounds[vi.name] = min(found)
+    return bounds
+
+
 def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] | None = None
                   ) -> dict[str, np.ndarray]:
     """One seeded feed per real graph input (initializers listed as inputs keep their values).
 
-    Floats are standard normal; integers are 0..3 so they stay valid as indices, axes or counts;
-    booleans are random masks. A symbolic dimension takes ``dims[name]`` or 2.
+    Floats are standard normal; integers that index a table (``index_bounds``) cover the whole
+    table, other integers are 0..3 so they stay valid as indices, axes or counts; booleans are
+    random masks. A symbolic dimension takes ``dims[name]`` or 2.
     """
     proto = _as_proto(model_proto)
     dims = dims or {}
     rng = np.random.default_rng(seed)
     inits = {t.name for t in proto.graph.initializer}
+    bounds = index_bounds(proto, dims)
     feeds: dict[str, np.ndarray] = {}
     for vi in proto.graph.input:
         if vi.name in inits:
@@ -94,7 +159,8 @@ def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] 
         if dtype == np.bool_:
             arr = np.asarray(rng.random(shape) < 0.5)  # a 0-d comparison gives a numpy scalar ORT refuses
         elif np.issubdtype(dtype, np.integer):
-            arr = rng.integers(0, 4, size=shape).astype(dtype)
+            high = min(bounds.get(vi.name, 4), int(np.iinfo(dtype).max) + 1)
+            arr = rng.integers(0, high, size=shape).astype(dtype)
         elif np.issubdtype(dtype, np.floating):
             arr = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.object_:
@@ -167,22 +233,58 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> Ar
     return ArrayCheck(ratio <= 1.0, ratio, abs_err, rel, detail)
 
 
-def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
-            dims: Mapping[str, int] | None = None, rtol: float = 1e-4, atol: float = 1e-5) -> Comparison:
-    """Run both models on ``n_inputs`` seeded feeds (seeds ``seed``, ``seed+1``, ...) and compare.
+class NondeterministicReference(ReferenceRunError):
+    """The reference disagrees with itself on the same inputs: no pass can be judged against it."""
 
-    Outputs are matched by position and must agree in name, dtype and shape. A candidate that
-    onnxruntime cannot load or run is reported as a mismatch; a reference that cannot run raises
-    ReferenceRunError.
+
+def random_ops(model_proto: ModelLike) -> list[str]:
+    """The ops (``Op 'name'``) that make a model's outputs random: random generators, and Dropout
+    with a ``training_mode`` input that is not a constant false."""
+    proto = _as_proto(model_proto)
+    graphs = [proto.graph, *(f for f in proto.functions)]
+    falses: set[str] = set()
+    found = []
+    for g in graphs:
+        inits = g.initializer if isinstance(g, onnx.GraphProto) else []
+        falses.update(t.name for t in inits if t.data_type == onnx.TensorProto.BOOL
+                      and not onnx.numpy_helper.to_array(t).any())
+        for n in g.node:
+            if n.op_type == "Constant" and n.output and any(
+                    a.name == "value" and a.t.data_type == onnx.TensorProto.BOOL
+                    and not onnx.numpy_helper.to_array(a.t).any() for a in n.attribute):
+                falses.add(n.output[0])
+        for n in g.node:
+            training = n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] and n.input[2] not in falses
+            if n.domain in ("", "ai.onnx") and (n.op_type in RANDOM_OPS or training):
+                found.append(f"{n.op_type} '{n.name}'" + (" (training_mode)" if training else ""))
+    return found
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=np.issubdtype(a.dtype, np.inexact)))
+
+
+def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
+            dims: Mapping[str, int] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
+            feeds: Iterable[Mapping[str, np.ndarray]] | None = None) -> Comparison:
+    """Run both models on ``n_inputs`` seeded feeds (seeds ``seed``, ``seed+1``, ...), or on the
+    given ``feeds`` (batches of real data, numbered from 0), and compare.
+
+    The reference runs twice on the first feed: if it disagrees with itself (a model exported in
+    training mode, random ops) NondeterministicReference names the random ops instead of any
+    candidate being blamed. Outputs are matched by position and must agree in name, dtype and
+    shape. A candidate that onnxruntime cannot load or run is reported as a mismatch; a reference
+    that cannot run raises ReferenceRunError.
     """
     ref_proto, cand_proto = _as_proto(reference), _as_proto(candidate)
     try:
         ref_sess = make_session(ref_proto)
     except Exception as e:
         raise ReferenceRunError(f"the reference model does not load in onnxruntime: {_one_line(e)}") from None
+    what = "seed" if feeds is None else "batch"
 
     def mismatch(output: str, s: int, why: str) -> Comparison:
-        return Comparison(False, output, np.inf, np.inf, s, f"candidate differs (seed {s}): {why}")
+        return Comparison(False, output, np.inf, np.inf, s, f"candidate differs ({what} {s}): {why}")
 
     try:
         cand_sess = make_session(cand_proto)
@@ -192,29 +294,51 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if ref_names != cand_names:
         return mismatch("", seed, f"outputs {cand_names} instead of {ref_names}")
+    if feeds is None:
+        batches: Iterable[tuple[int, Mapping[str, np.ndarray]]] = (
+            (s, random_inputs(ref_proto, seed=s, dims=dims)) for s in range(seed, seed + n_inputs))
+    else:
+        names = [i.name for i in ref_sess.get_inputs()]
+        batches = ((i, {n: np.asarray(f[n]) for n in names if n in f}) for i, f in enumerate(feeds))
+
+    def run_reference(s: int, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return [np.asarray(a) for a in ref_sess.run(None, dict(feed))]
+        except Exception as e:
+            raise ReferenceRunError(f"the reference model fails in onnxruntime ({what} {s}): {_one_line(e)}") from None
 
     worst: tuple[float, str, float, float, int, str] = (-1.0, "", 0.0, 0.0, seed, "")
-    for s in range(seed, seed + n_inputs):
-        feeds = random_inputs(ref_proto, seed=s, dims=dims)
+    count = 0
+    for s, feed in batches:
+        ref_out = run_reference(s, feed)
+        if count == 0:
+            again = run_reference(s, feed)
+            differ = [name for name, a, b in zip(ref_names, ref_out, again) if not _same(a, b)]
+            if differ:
+                ops = random_ops(ref_proto)
+                cause = f"random ops: {', '.join(ops[:4])}{' ...' if len(ops) > 4 else ''}" if ops else \
+                    "no known random op found"
+                raise NondeterministicReference(
+                    f"the reference model is not deterministic: two runs on the same inputs differ at output "
+                    f"'{differ[0]}' ({cause}); export it in eval mode or remove the random ops")
+        count += 1
         try:
-            ref_out = ref_sess.run(None, feeds)
-        except Exception as e:
-            raise ReferenceRunError(f"the reference model fails in onnxruntime (seed {s}): {_one_line(e)}") from None
-        try:
-            cand_out = cand_sess.run(None, feeds)
+            cand_out = cand_sess.run(None, dict(feed))
         except Exception as e:
             return mismatch("", s, f"it fails in onnxruntime: {_one_line(e)}")
         for name, a, b in zip(ref_names, ref_out, cand_out):
-            c = compare_arrays(np.asarray(a), np.asarray(b), rtol, atol)
+            c = compare_arrays(a, np.asarray(b), rtol, atol)
             if not c.ok:
                 return Comparison(False, name, c.abs_err, c.rel_err, s,
-                                  f"candidate differs at output '{name}' (seed {s}): {c.detail}")
+                                  f"candidate differs at output '{name}' ({what} {s}): {c.detail}")
             if c.ratio > worst[0]:
                 worst = (c.ratio, name, c.abs_err, c.rel_err, s, c.detail)
+    if not count:
+        raise ReferenceRunError("no inputs to compare on (the data is empty)")
     _, name, abs_err, rel_err, s, detail = worst
-    where = f"; closest to tolerance: output '{name}' (seed {s}): {detail}" if name and detail else ""
-    return Comparison(True, name, abs_err, rel_err, s,
-                      f"equivalent on {n_inputs} input(s) from seed {seed}{where}")
+    where = f"; closest to tolerance: output '{name}' ({what} {s}): {detail}" if name and detail else ""
+    source = f"{n_inputs} input(s) from seed {seed}" if feeds is None else f"{count} batch(es) of data"
+    return Comparison(True, name, abs_err, rel_err, s, f"equivalent on {source}{where}")
 
 
 def assert_equivalent(reference: ModelLike, candidate: ModelLike, **kwargs: object) -> Comparison:

@@ -204,3 +204,31 @@ def test_reference_that_does_not_run_raises() -> None:
     bad.graph.node[0].op_type = "NoSuchOp"
     with pytest.raises(ReferenceRunError, match="reference"):
         compare(bad, _add_const(C))
+
+
+def _embedding(rows: int, *, extra_table: int | None = None) -> onnx.ModelProto:
+    """ids -> Cast -> Unsqueeze -> Gather(table[rows, 4]) and, optionally, a second smaller table."""
+    nodes = [helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+             helper.make_node("Unsqueeze", ["ids64", "ax"], ["u"]),
+             helper.make_node("Gather", ["table", "u"], ["y"])]
+    inits = [numpy_helper.from_array(np.arange(rows * 4, dtype=np.float32).reshape(rows, 4), "table"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 4])]
+    if extra_table is not None:
+        nodes.append(helper.make_node("Gather", ["pos", "ids"], ["z"], axis=1))
+        inits.append(numpy_helper.from_array(np.zeros((2, extra_table), np.float32), "pos"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 64]))
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, [64])], outputs, inits)
+
+
+def test_index_inputs_cover_the_table_they_index() -> None:
+    """Random ids span the embedding table (not only 0..3), and stay inside a table smaller than 4
+    rows, which 0..3 would overrun; an input indexing two tables takes the smaller bound."""
+    ids = random_inputs(_embedding(1000), seed=0)["ids"]
+    assert ids.dtype == np.int32 and ids.min() >= 0 and 100 < ids.max() < 1000
+    small = _embedding(3)
+    assert random_inputs(small, seed=0)["ids"].max() == 2
+    assert compare(small, small)
+    from optgraph.passes.testing.oracle import index_bounds
+
+    assert index_bounds(_embedding(1000, extra_table=50)) == {"ids": 50}
