@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -79,6 +80,9 @@ def _check_output_path(inp: str, out: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
+    from optgraph.runtime import summary
+
+    start = time.perf_counter()
 
     if args.passes is not None and not args.passes.strip():
         raise UsageError("--passes is empty: name passes or groups, or 'none' for a round trip")
@@ -89,6 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if to_stdout and args.external_data == "always":
         raise UsageError("-o - writes the model to stdout, which cannot hold external data")
     model = _load(args.model)
+    before = summary.counts(model)
+    size_before = summary.disk_size(args.model, any(v.const.is_external for v in model.graph.initializers.values()
+                                                    if v.const is not None))
     after_each = _first_mismatch_guard(args.model, args) if args.check_each else None
     ctx = PassContext(dims=_dims(args.dim))
     report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
@@ -104,11 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_MISMATCH
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     if to_stdout:
-        _save_to_stdout(model)
+        size_after = _save_to_stdout(model)
     else:
         ir.save(model, args.output, external_data=external)
+        size_after = summary.disk_size(args.output, os.path.exists(args.output + ".data"))
     data = report.to_dict()
-    data.update(input=args.model, output=args.output, pipeline=args.passes or "default")
+    data.update(input=args.model, output=args.output, pipeline=args.passes or "default",
+                before=before.to_dict(), after=summary.counts(model).to_dict(), size_before=size_before,
+                size_after=size_after, wall_seconds=time.perf_counter() - start)
     if check is not None:
         data["check"] = {"equivalent": True, "message": check.message}
     if args.report == "-":
@@ -118,11 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.report:
             _write_json(args.report, data)
         if not args.quiet:
-            print(format_report(data), file=sys.stderr if to_stdout else sys.stdout)
+            summary.format_report(data, sys.stderr if to_stdout else sys.stdout)
     return EXIT_OK
 
 
-def _save_to_stdout(model: ir.Model) -> None:
+def _save_to_stdout(model: ir.Model) -> int:
     """The ONNX bytes on stdout (``-o -``), for pipes; the report then goes to stderr."""
     import tempfile
 
@@ -130,8 +140,10 @@ def _save_to_stdout(model: ir.Model) -> None:
         path = os.path.join(tmp, "model.onnx")
         ir.save(model, path, external_data=False)
         with open(path, "rb") as f:
-            sys.stdout.buffer.write(f.read())
+            data = f.read()
+        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+        return len(data)
 
 
 def _reference(path: str) -> Any:
@@ -191,29 +203,6 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     os.replace(tmp, path)
-
-
-def format_report(data: dict[str, Any]) -> str:
-    """A short human summary of a pipeline report."""
-    lines = [f"{data['input']} -> {data['output']}  (passes: {data['pipeline']})",
-             f"nodes: {data['nodes_before']} -> {data['nodes_after']}   time: {data['seconds']:.3f} s"]
-    for rec in data["passes"]:
-        if rec["changed"] or rec["stats"]:
-            where = f" [{rec['group']} #{rec['iteration']}]" if rec["group"] else ""
-            stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
-            lines.append(f"  {rec['name']}{where}: {rec['nodes_before']} -> {rec['nodes_after']} nodes"
-                         f" in {rec['seconds'] * 1000:.1f} ms  {stats}")
-    for group, ok in data["converged"].items():
-        if not ok:
-            lines.append(f"  warning: '{group}' did not converge in {data['iterations'][group]} iterations")
-    if "check" in data:
-        lines.append(f"  check: equivalent on onnxruntime ({data['check']['message']})")
-    changed = {op: (data["ops_before"].get(op, 0), data["ops_after"].get(op, 0))
-               for op in sorted({*data["ops_before"], *data["ops_after"]})}
-    diffs = [f"{op} {a}->{b}" for op, (a, b) in changed.items() if a != b]
-    if diffs:
-        lines.append("  ops: " + ", ".join(diffs))
-    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

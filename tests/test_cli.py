@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -403,3 +405,44 @@ def test_data_feeds_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, _, err = run_cli(capsys, "verify", str(a), str(b), "--data", str(tmp_path / "wrong.npz"))
     assert_clean_failure(code, err, tmp_path, before)
     assert "no array for input(s) x" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# the summary: counts that match the file, fused units by pattern, model size, wall time
+
+TWO_CONV_RELU = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 2, 8, 8] x) => (float[1, 2, 8, 8] y) {
+  w = Constant <value = float[2, 2, 1, 1] {1.0, 0.5, -0.5, 1.0}> ()
+  w3 = Constant <value = float[2, 2, 3, 3] {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}> ()
+  i = Identity(x)
+  c1 = Conv(i, w)
+  r1 = Relu(c1)
+  c2 = Conv <pads = [1, 1, 1, 1]> (r1, w3)
+  r2 = Relu(c2)
+  c3 = Conv(r2, w)
+  y = Relu(c3)
+}
+"""
+
+
+def test_summary_counts_match_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, out, report = write(tmp_path / "m.onnx", TWO_CONV_RELU), tmp_path / "o.onnx", tmp_path / "r.json"
+    code, text, _ = run_cli(capsys, "run", str(model), "-o", str(out), "--report", str(report))
+    assert code == 0
+    written = onnx.load(str(out))
+    top = len(written.graph.node)
+    fused = [n.op_type for n in written.graph.node if n.domain == "optgraph"]
+    assert len(fused) == 3 and len(set(fused)) == 2  # two signatures, one pattern
+    inlined = sum(len(f.node) for f in written.functions for n in written.graph.node if n.op_type == f.name) + \
+        sum(n.domain != "optgraph" for n in written.graph.node)
+    rows = {line.split("  ")[0].strip(): line.split()[-2:] for line in text.splitlines() if "  " in line}
+    assert rows["top-level nodes"] == ["9", str(top)]  # Constants count until they become initializers
+    assert rows["ops, function bodies inlined"] == ["9", str(inlined)] and inlined == 6
+    assert rows["ConvRelu (fused)"] == ["0", "3"] and not any("_" in r for r in rows if "fused" in r)
+    assert rows["Conv"] == ["3", "0"] and rows["Identity"] == ["1", "0"]
+    assert re.search(rf"^model size +{model.stat().st_size} B +{out.stat().st_size} B *$", text, re.M), text
+    assert re.search(r"^time: [0-9.]+ s in passes, [0-9.]+ s wall$", text, re.M), text
+    data = json.loads(report.read_text())
+    assert data["after"]["top_level_nodes"] == top and data["after"]["ops"]["ConvRelu (fused)"] == 3
+    assert data["size_after"] == out.stat().st_size and data["wall_seconds"] >= data["seconds"]
