@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from optgraph import ir
+from optgraph.runtime.static import parse_shape
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -25,24 +26,13 @@ class BuildError(ir.OptGraphError):
     """The parser or the builder refused the model (exit 2)."""
 
 
-def _dims_list(text: str, flag: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.rpartition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if not sep or not name or not shape or any(d < 0 for d in shape):
-        raise BuildError(f"{flag} expects NAME:DIMS such as input:1x3x224x224, got '{text}'")
-    return name, shape
-
-
 def profiles(mins: Sequence[str], opts: Sequence[str], maxs: Sequence[str]) -> list[dict[str, Any]]:
     """Optimization profiles from repeated --min/--opt/--max: the k-th flag for an input belongs to
     profile k; --opt defaults to --max when omitted."""
     per: dict[str, dict[str, list[tuple[int, ...]]]] = {}
     for flag, items in (("min", mins), ("opt", opts), ("max", maxs)):
         for item in items:
-            name, shape = _dims_list(item, f"--{flag}")
+            name, shape = parse_shape(item, f"--{flag}")
             per.setdefault(name, {"min": [], "opt": [], "max": []})[flag].append(shape)
     out: list[dict[str, Any]] = []
     for name, given in per.items():
@@ -80,7 +70,7 @@ def build_one(path: str, args: argparse.Namespace, folder: str, *, passes: str |
 
     dims = _dims(args.dim)
     source, proto = _prepare(path, passes, folder, dims)
-    shapes = dict(_dims_list(s, "--shapes") for s in args.shapes)
+    shapes = dict(parse_shape(s, "--shapes") for s in args.shapes)
     if not args.quiet and sys.stderr.isatty():
         print(f"optgraph: building {os.path.basename(path)} with {tensorrt.flavor()} ...", file=sys.stderr)
     try:

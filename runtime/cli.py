@@ -80,7 +80,7 @@ def _check_output_path(inp: str, out: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.runtime import summary
+    from optgraph.runtime import static, summary
 
     start = time.perf_counter()
 
@@ -96,16 +96,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     before = summary.counts(model)
     size_before = summary.disk_size(args.model, any(v.const.is_external for v in model.graph.initializers.values()
                                                     if v.const is not None))
-    after_each = _first_mismatch_guard(args.model, args) if args.check_each else None
-    ctx = PassContext(dims=_dims(args.dim))
+    dims, shapes = _dims(args.dim), dict(static.parse_shape(s) for s in args.shape)
+    if shapes or args.static:
+        dims = static.make_static(model, shapes, dims, require_static=args.static)
+    after_each = _first_mismatch_guard(args.model, args, dims, shapes) if args.check_each else None
+    ctx = PassContext(dims=dims)
     report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
     check = None
     if args.check:
         from optgraph.passes.testing.oracle import compare
 
         reference = _reference(args.model)
-        check = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed, dims=ctx.dims,
-                        rtol=args.rtol, atol=args.atol, feeds=_data(args, reference))
+        check = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed, dims=dims,
+                        shapes=shapes, rtol=args.rtol, atol=args.atol, feeds=_data(args, reference))
         if not check.equivalent:
             print(f"optgraph: mismatch: {check.message}; output not written", file=sys.stderr)
             return EXIT_MISMATCH
@@ -155,7 +158,8 @@ def _reference(path: str) -> Any:
     return ir.to_proto(_load(path))
 
 
-def _first_mismatch_guard(path: str, args: argparse.Namespace) -> Any:
+def _first_mismatch_guard(path: str, args: argparse.Namespace, dims: dict[str, int],
+                          shapes: dict[str, tuple[int, ...]]) -> Any:
     """An after-each-pass hook that stops at the first pass whose output differs (bisecting)."""
     from optgraph.passes.testing.oracle import compare
 
@@ -166,7 +170,7 @@ def _first_mismatch_guard(path: str, args: argparse.Namespace) -> Any:
         if not record.changed:
             return
         result = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed,
-                         dims=_dims(args.dim), rtol=args.rtol, atol=args.atol, feeds=feeds)
+                         dims=dims, shapes=shapes, rtol=args.rtol, atol=args.atol, feeds=feeds)
         if not result.equivalent:
             raise _Mismatch(f"pass '{record.name}' changed the results: {result.message}")
 
@@ -347,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
                      help="write tensors to OUTPUT.data (auto: when the input had external data or is > 2 GB)")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    run.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS",
+                     help="fix an input's size, e.g. input:1x3x224x224 (repeatable); what becomes constant "
+                          "is folded by the pipeline")
+    run.add_argument("--static", action="store_true",
+                     help="write the sizes of --dim and --shape into the model; every input must end up static")
     oracle_options(run)
     tolerances(run)
     run.set_defaults(func=cmd_run)

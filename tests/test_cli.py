@@ -446,3 +446,50 @@ def test_summary_counts_match_the_file(tmp_path: Path, capsys: pytest.CaptureFix
     data = json.loads(report.read_text())
     assert data["after"]["top_level_nodes"] == top and data["after"]["ops"]["ConvRelu (fused)"] == 3
     assert data["size_after"] == out.stat().st_size and data["wall_seconds"] >= data["seconds"]
+
+
+# ------------------------------------------------------------------------------------------------
+# --shape / --static: a model with its sizes fixed and what became constant folded
+
+DYNAMIC = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 3, H, W] x) => (float[batch, features] y) {
+  s = Shape(x)
+  z = Constant <value = int64[1] {0}> ()
+  b = Gather(s, z)
+  m1 = Constant <value = int64[1] {-1}> ()
+  t = Concat <axis = 0> (b, m1)
+  f = Reshape(x, t)
+  y = Relu(f)
+}
+"""
+
+
+@pytest.mark.parametrize("sizes", [["--shape", "x:2x3x4x4"],
+                                   ["--dim", "batch=2", "--dim", "H=4", "--dim", "W=4", "--static"]])
+def test_static_shapes_are_written_and_folded(sizes: list[str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    model, out = write(tmp_path / "m.onnx", DYNAMIC), tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(out), "--check", *sizes)
+    assert code == 0, err
+    written = onnx.load(str(out))
+    dims = lambda vi: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(written.graph.input[0]) == [2, 3, 4, 4]
+    assert dims(written.graph.output[0])[0] == 2
+    assert [n.op_type for n in written.graph.node] == ["Reshape", "Relu"]  # Shape/Gather/Concat folded
+
+
+@pytest.mark.parametrize(("sizes", "message"), [
+    (["--dim", "batch=2", "--static"], "--static: input 'x' has no size for dim 2 ('H'), dim 3 ('W')"),
+    (["--shape", "image:1x3x4x4"], "--shape names no graph input: image"),
+    (["--shape", "x:1x3x4"], "rank 3, but the input has rank 4"),
+    (["--shape", "x:1x4x4x4"], "dim 1 is 3 in the model, not 4"),
+    (["--shape", "x:1x3xfour"], "--shape expects NAME:DIMS"),
+])
+def test_static_shape_errors(sizes: list[str], message: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    model = write(tmp_path / "m.onnx", DYNAMIC)
+    before = set(os.listdir(tmp_path))
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(tmp_path / "o.onnx"), *sizes)
+    assert_clean_failure(code, err, tmp_path, before)
+    assert message in err, err

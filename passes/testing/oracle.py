@@ -10,7 +10,7 @@ element. Integers and booleans must agree exactly; NaN and infinity positions mu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,10 @@ def _as_proto(model: ModelLike) -> onnx.ModelProto:
     return ir.to_proto(model) if isinstance(model, ir.Model) else model
 
 
-def _feed_shape(vi: onnx.ValueInfoProto, dims: Mapping[str, int]) -> tuple[int, ...]:
+def _feed_shape(vi: onnx.ValueInfoProto, dims: Mapping[str, int],
+                shapes: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
+    if vi.name in shapes:
+        return tuple(shapes[vi.name])
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return (DEFAULT_DIM,)  # unknown rank: a vector is the most likely to be accepted
@@ -131,13 +134,14 @@ def index_bounds(model_proto: ModelLike, dims: Mapping[str, int] | None = None) 
     return bounds
 
 
-def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] | None = None
-                  ) -> dict[str, np.ndarray]:
+def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] | None = None,
+                  shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """One seeded feed per real graph input (initializers listed as inputs keep their values).
 
     Floats are standard normal; integers that index a table (``index_bounds``) cover the whole
     table, other integers are 0..3 so they stay valid as indices, axes or counts; booleans are
-    random masks. A symbolic dimension takes ``dims[name]`` or 2.
+    random masks. An input named in ``shapes`` takes that shape; a symbolic dimension takes
+    ``dims[name]`` or 2.
     """
     proto = _as_proto(model_proto)
     dims = dims or {}
@@ -155,7 +159,7 @@ def random_inputs(model_proto: ModelLike, *, seed: int, dims: Mapping[str, int] 
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
         except KeyError:
             raise ValueError(f"input '{vi.name}' has element type {elem}, which the oracle cannot feed") from None
-        shape = _feed_shape(vi, dims)
+        shape = _feed_shape(vi, dims, shapes or {})
         if dtype == np.bool_:
             arr = np.asarray(rng.random(shape) < 0.5)  # a 0-d comparison gives a numpy scalar ORT refuses
         elif np.issubdtype(dtype, np.integer):
@@ -266,9 +270,11 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
             dims: Mapping[str, int] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
-            feeds: Iterable[Mapping[str, np.ndarray]] | None = None) -> Comparison:
+            feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+            shapes: Mapping[str, Sequence[int]] | None = None) -> Comparison:
     """Run both models on ``n_inputs`` seeded feeds (seeds ``seed``, ``seed+1``, ...), or on the
-    given ``feeds`` (batches of real data, numbered from 0), and compare.
+    given ``feeds`` (batches of real data, numbered from 0), and compare; ``dims`` and ``shapes``
+    size the random feeds as in ``random_inputs``.
 
     The reference runs twice on the first feed: if it disagrees with itself (a model exported in
     training mode, random ops) NondeterministicReference names the random ops instead of any
@@ -296,7 +302,7 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
         return mismatch("", seed, f"outputs {cand_names} instead of {ref_names}")
     if feeds is None:
         batches: Iterable[tuple[int, Mapping[str, np.ndarray]]] = (
-            (s, random_inputs(ref_proto, seed=s, dims=dims)) for s in range(seed, seed + n_inputs))
+            (s, random_inputs(ref_proto, seed=s, dims=dims, shapes=shapes)) for s in range(seed, seed + n_inputs))
     else:
         names = [i.name for i in ref_sess.get_inputs()]
         batches = ((i, {n: np.asarray(f[n]) for n in names if n in f}) for i, f in enumerate(feeds))
