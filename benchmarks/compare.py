@@ -26,6 +26,8 @@ from typing import Any
 import common
 import models
 
+from optgraph.ir import progress
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 PACKAGES = ["onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxoptimizer", "tensorrt_rtx", "torch", "transformers"]
@@ -191,7 +193,7 @@ def run(selected: list[tuple[str, Path]], tools: list[str], timeout: float, late
     """results[model][tool] = optimize seconds + measurements (or ``error``)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, path in selected:
+        for label, path in progress.track(selected, "benchmark: models"):
             res: dict[str, dict[str, Any]] = {}
             measure = ["measure", str(path)]
             res[ORIGINAL] = common.run_child(__file__, [*measure, str(path), str(latency_budget)], timeout)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import models as zoo  # noqa: E402  (benchmarks/models.py)
 
 from optgraph import ir  # noqa: E402
+from optgraph.ir import progress  # noqa: E402
 from optgraph.passes import run_passes  # noqa: E402
 from optgraph.passes.liveness import tensor_infos  # noqa: E402
 from optgraph.passes.memory_plan import plan_memory  # noqa: E402
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args.models.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     trt_flavor = "not measured"
-    for name in args.only:
+    for name in progress.track(args.only, "benchmark: models"):
         path = model_path(name, args.models)
         trt = None
         if not args.no_tensorrt:

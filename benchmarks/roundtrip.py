@@ -18,6 +18,8 @@ from pathlib import Path
 import common
 import models
 
+from optgraph.ir import progress
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 2.0
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         models.build([f"synthetic-{args.nodes}"], [], args.models)
     rows: dict[str, dict[str, float | str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for tool in TOOLS:
+        for tool in progress.track(TOOLS, "benchmark: round trips"):
             runs, error = [], ""
             for _ in range(args.repeat):
                 r = common.run_child(__file__, [tool, str(src), str(Path(tmp) / f"{tool}.onnx")], args.timeout)

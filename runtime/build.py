@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from optgraph import ir
+from optgraph.ir import progress
 from optgraph.runtime.static import parse_shape
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
@@ -57,7 +58,8 @@ def _prepare(path: str, passes: str | None, folder: str, dims: dict[str, int]) -
         raise BuildError(f"'{path}' does not exist")
     model = ir.load(path)
     if passes not in (None, "none"):
-        PassManager(parse_pipeline(passes), ctx=PassContext(dims=dims)).run(model)
+        with progress.status(f"optimizing {os.path.basename(path)}"):
+            PassManager(parse_pipeline(passes), ctx=PassContext(dims=dims)).run(model)
     out = os.path.join(folder, os.path.basename(path))
     ir.save(model, out)
     return out, ir.to_proto(model)
@@ -71,13 +73,12 @@ def build_one(path: str, args: argparse.Namespace, folder: str, *, passes: str |
     dims = _dims(args.dim)
     source, proto = _prepare(path, passes, folder, dims)
     shapes = dict(parse_shape(s, "--shapes") for s in args.shapes)
-    if not args.quiet and sys.stderr.isatty():
-        print(f"optgraph: building {os.path.basename(path)} with {tensorrt.flavor()} ...", file=sys.stderr)
     try:
-        result = tensorrt.build(source, shapes=shapes, dims=dims, profiles=profiles(args.min, args.opt, args.max),
-                                optimization_level=args.opt_level, timing_cache=args.timing_cache,
-                                workspace_bytes=None if args.workspace is None else args.workspace << 20,
-                                strict_shapes=True, keep_log=False, keep_engine=keep_engine)
+        with progress.status(f"building {os.path.basename(path)} with {tensorrt.flavor()}"):
+            result = tensorrt.build(source, shapes=shapes, dims=dims, profiles=profiles(args.min, args.opt, args.max),
+                                    optimization_level=args.opt_level, timing_cache=args.timing_cache,
+                                    workspace_bytes=None if args.workspace is None else args.workspace << 20,
+                                    strict_shapes=True, keep_log=False, keep_engine=keep_engine)
     except tensorrt.ShapeError as e:
         raise BuildError(str(e)) from None
     for w in result.warnings:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from optgraph import ir
+from optgraph.ir import progress
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -101,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         dims = static.make_static(model, shapes, dims, require_static=args.static)
     after_each = _first_mismatch_guard(args.model, args, dims, shapes) if args.check_each else None
     ctx = PassContext(dims=dims)
-    report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
+    with progress.status("running passes"):
+        report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
     check = None
     if args.check:
         from optgraph.passes.testing.oracle import compare
@@ -292,9 +294,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _check_output_path(args.model, out)
     model = _load(args.model)
     ctx = PassContext(dims=_dims(args.dim))
-    PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
-    plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order, alignment=args.alignment,
-                       inplace=not args.no_inplace, concat=not args.no_concat, split=not args.no_split, dims=ctx.dims)
+    with progress.status("running passes") as update:
+        PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
+        update("planning memory")
+        plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order,
+                           alignment=args.alignment, inplace=not args.no_inplace, concat=not args.no_concat,
+                           split=not args.no_split, dims=ctx.dims)
     print(format_plan(plan))
     if args.json:
         _write_json(args.json, plan.to_json())
@@ -412,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _one_line_warnings
     try:
         args = build_parser().parse_args(argv)
+        progress.set_quiet(getattr(args, "quiet", False))
         return int(args.func(args))
     except _Mismatch as e:
         print(f"optgraph: mismatch: {e}; output not written", file=sys.stderr)

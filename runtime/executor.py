@@ -26,6 +26,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 
 from optgraph import ir
+from optgraph.ir import progress
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.memory_plan import MemoryPlan, Placement, contiguous_concat
 from optgraph.passes.testing.oracle import Comparison, compare_arrays, make_session, random_inputs
@@ -261,7 +262,7 @@ def check_by_execution(model: ir.Model, plan: MemoryPlan, *, n_inputs: int = 2, 
     executor = ArenaExecutor(model, plan)
     names = [o.name for o in session.get_outputs()]
     worst = (-1.0, "", 0.0, 0.0, seed)
-    for s in range(seed, seed + n_inputs):
+    for s in progress.track(range(seed, seed + n_inputs), "plan check: running in the arena"):
         feeds = random_inputs(proto, seed=s, dims=plan.dims)
         expected = session.run(None, feeds)
         got = executor.run(feeds)

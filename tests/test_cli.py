@@ -493,3 +493,40 @@ def test_static_shape_errors(sizes: list[str], message: str, tmp_path: Path,
     code, _, err = run_cli(capsys, "run", str(model), "-o", str(tmp_path / "o.onnx"), *sizes)
     assert_clean_failure(code, err, tmp_path, before)
     assert message in err, err
+
+
+# ------------------------------------------------------------------------------------------------
+# progress: drawn on a terminal, never into pipes or with -q
+
+
+def _in_terminal(*argv: str) -> tuple[int, str]:
+    """Run optgraph with stdout and stderr on a pseudo-terminal; everything it drew."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "optgraph.runtime.cli", *argv], stdin=slave, stdout=slave,
+                            stderr=slave, env=dict(os.environ, TERM="xterm", COLUMNS="120"))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    model = write(tmp_path / "m.onnx")
+    argv = ["run", str(model), "-o", str(tmp_path / "o.onnx"), "--check"]
+    code, drawn = _in_terminal(*argv)
+    assert code == 0 and "check: running both models" in drawn and "running passes" in drawn, drawn
+    code, drawn = _in_terminal(*argv, "-q")
+    assert code == 0 and drawn == ""
+    piped = subprocess.run([sys.executable, "-m", "optgraph.runtime.cli", *argv], capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stderr == "" and "running" not in piped.stdout

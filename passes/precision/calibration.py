@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import onnx
 
 from optgraph import ir
+from optgraph.ir import progress
 from optgraph.ir.serde import write_atomic
 
 BINS = 2048
@@ -171,13 +171,6 @@ def _session(model: onnx.ModelProto, names: Sequence[str]):  # type: ignore[no-u
     return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _progress(it: Iterable[Feed], desc: str) -> Iterable[Feed]:
-    if not sys.stderr.isatty():
-        return it
-    from tqdm import tqdm
-    return tqdm(it, desc=desc, unit="batch", leave=False)
-
-
 def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True) -> Stats:
     """Statistics of every float tensor of ``model`` (graph inputs and node outputs) on ``data``."""
     names = _float_tensors(model)
@@ -196,7 +189,7 @@ def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histo
         return dict(zip(names, outs))
 
     count = 0
-    for feed in _progress(data(), "calibration: ranges"):
+    for feed in progress.track(data(), "calibration: ranges (batches)"):
         count += 1
         for n, a in run(feed).items():
             if a.size:
@@ -206,7 +199,7 @@ def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histo
     if not histograms:
         return stats
     stats.hist = {n: np.zeros(BINS, np.int64) for n in names}
-    for feed in _progress(data(), "calibration: histograms"):
+    for feed in progress.track(data(), "calibration: histograms (batches)"):
         for n, a in run(feed).items():
             top = stats.amax[n]
             if a.size and top > 0:

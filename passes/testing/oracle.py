@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from optgraph import ir
+from optgraph.ir import progress
 from optgraph.ir.errors import OptGraphError
 
 DEFAULT_DIM = 2  # size of symbolic and unknown dimensions when ``dims`` does not name them
@@ -283,19 +284,20 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
     that cannot run raises ReferenceRunError.
     """
     ref_proto, cand_proto = _as_proto(reference), _as_proto(candidate)
-    try:
-        ref_sess = make_session(ref_proto)
-    except Exception as e:
-        raise ReferenceRunError(f"the reference model does not load in onnxruntime: {_one_line(e)}") from None
     what = "seed" if feeds is None else "batch"
 
     def mismatch(output: str, s: int, why: str) -> Comparison:
         return Comparison(False, output, np.inf, np.inf, s, f"candidate differs ({what} {s}): {why}")
 
-    try:
-        cand_sess = make_session(cand_proto)
-    except Exception as e:
-        return mismatch("", seed, f"it does not load in onnxruntime: {_one_line(e)}")
+    with progress.status("check: loading both models in onnxruntime"):
+        try:
+            ref_sess = make_session(ref_proto)
+        except Exception as e:
+            raise ReferenceRunError(f"the reference model does not load in onnxruntime: {_one_line(e)}") from None
+        try:
+            cand_sess = make_session(cand_proto)
+        except Exception as e:
+            return mismatch("", seed, f"it does not load in onnxruntime: {_one_line(e)}")
     ref_names = [o.name for o in ref_sess.get_outputs()]
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if ref_names != cand_names:
@@ -315,7 +317,8 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
 
     worst: tuple[float, str, float, float, int, str] = (-1.0, "", 0.0, 0.0, seed, "")
     count = 0
-    for s, feed in batches:
+    total = n_inputs if feeds is None else len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]
+    for s, feed in progress.track(batches, "check: running both models", total):
         ref_out = run_reference(s, feed)
         if count == 0:
             again = run_reference(s, feed)
