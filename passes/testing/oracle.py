@@ -261,7 +261,7 @@ def random_ops(model_proto: ModelLike) -> list[str]:
         for n in g.node:
             training = n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] and n.input[2] not in falses
             if n.domain in ("", "ai.onnx") and (n.op_type in RANDOM_OPS or training):
-                found.append(f"{n.op_type} '{n.name}'" + (" (training_mode)" if training else ""))
+                found.append(n.op_type + (f" '{n.name}'" if n.name else "") + (" (training_mode)" if training else ""))
     return found
 
 
