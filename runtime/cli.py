@@ -104,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = PassContext(dims=dims)
     with progress.status("running passes"):
         report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
+    if shapes or args.static:
+        static.fix_outputs(model)
     check = None
     if args.check:
         from optgraph.passes.testing.oracle import compare

@@ -4,8 +4,9 @@ The user's sizes replace the graph inputs' symbolic and unknown dimensions; ever
 model whose dims use the same symbols gets the sizes too, and other symbolic dims of inner values
 are forgotten so shape inference recomputes them from the now static inputs. The pipeline that
 runs next (``fold-constants`` in ``default``) then folds what became constant: ``Shape`` ops,
-the arithmetic on them, the ``Reshape``/``Expand`` targets they fed. This changes the model's
-signature on purpose, as onnxsim's input-shape override does; nothing else does.
+the arithmetic on them, the ``Reshape``/``Expand`` targets they fed; afterwards graph outputs
+whose dims no input named get the sizes inference finds. This changes the model's signature on
+purpose, as onnxsim's input-shape override does; nothing else does.
 """
 
 from __future__ import annotations
@@ -74,3 +75,29 @@ def make_static(model: ir.Model, shapes: Mapping[str, Sequence[int]], dims: Mapp
             v.shape = tuple(fixed.get(d, d if keep_symbols else None) if isinstance(d, str) else d
                             for d in v.shape)
     return fixed
+
+
+def fix_outputs(model: ir.Model) -> None:
+    """Give graph outputs whose dims no input size named (``float[1, features]``) the sizes shape
+    inference now finds. Graph outputs are the interface the passes never re-type, so this runs
+    once, after the pipeline; a model onnx cannot infer (past 2 GB) keeps its output names."""
+    import onnx
+
+    pending = {v.name: v for v in model.graph.outputs
+               if v.shape is not None and not all(isinstance(d, int) for d in v.shape)}
+    if not pending:
+        return
+    proto = ir.to_proto(model)
+    for vi in proto.graph.output:
+        if vi.name in pending:
+            vi.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort here; the names stay
+        return
+    for vi in inferred.graph.output:
+        v = pending.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        static = all(d.HasField("dim_value") for d in dims)
+        if v is not None and v.shape is not None and len(dims) == len(v.shape) and static:
+            v.shape = tuple(d.dim_value for d in dims)
