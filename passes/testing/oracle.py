@@ -272,14 +272,14 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, seed: int = 0,
             dims: Mapping[str, int] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
             feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
-            shapes: Mapping[str, Sequence[int]] | None = None) -> Comparison:
+            shapes: Mapping[str, Sequence[int]] | None = None, check_reference: bool = True) -> Comparison:
     """Run both models on ``n_inputs`` seeded feeds (seeds ``seed``, ``seed+1``, ...), or on the
     given ``feeds`` (batches of real data, numbered from 0), and compare; ``dims`` and ``shapes``
     size the random feeds as in ``random_inputs``.
 
     The reference runs twice on the first feed: if it disagrees with itself (a model exported in
     training mode, random ops) NondeterministicReference names the random ops instead of any
-    candidate being blamed. Outputs are matched by position and must agree in name, dtype and
+    candidate being blamed (``check_reference=False`` skips this for a reference already checked). Outputs are matched by position and must agree in name, dtype and
     shape. A candidate that onnxruntime cannot load or run is reported as a mismatch; a reference
     that cannot run raises ReferenceRunError.
     """
@@ -320,7 +320,7 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
     total = n_inputs if feeds is None else len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]
     for s, feed in progress.track(batches, "check: running both models", total):
         ref_out = run_reference(s, feed)
-        if count == 0:
+        if count == 0 and check_reference:
             again = run_reference(s, feed)
             differ = [name for name, a, b in zip(ref_names, ref_out, again) if not _same(a, b)]
             if differ:
