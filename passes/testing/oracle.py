@@ -10,6 +10,7 @@ element. Integers and booleans must agree exactly; NaN and infinity positions mu
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -242,9 +243,10 @@ class NondeterministicReference(ReferenceRunError):
     """The reference disagrees with itself on the same inputs: no pass can be judged against it."""
 
 
-def random_ops(model_proto: ModelLike) -> list[str]:
-    """The ops (``Op 'name'``) that make a model's outputs random: random generators, and Dropout
-    with a ``training_mode`` input that is not a constant false."""
+def random_ops(model_proto: ModelLike) -> list[tuple[str, str]]:
+    """The nodes that make a model's outputs random, as (kind, node name): random generators, and
+    Dropout with a ``training_mode`` input that is not a constant false (kind
+    ``Dropout (training_mode)``)."""
     proto = _as_proto(model_proto)
     graphs = [proto.graph, *(f for f in proto.functions)]
     falses: set[str] = set()
@@ -261,7 +263,7 @@ def random_ops(model_proto: ModelLike) -> list[str]:
         for n in g.node:
             training = n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] and n.input[2] not in falses
             if n.domain in ("", "ai.onnx") and (n.op_type in RANDOM_OPS or training):
-                found.append(n.op_type + (f" '{n.name}'" if n.name else "") + (" (training_mode)" if training else ""))
+                found.append((n.op_type + (" (training_mode)" if training else ""), n.name))
     return found
 
 
@@ -325,7 +327,9 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
             differ = [name for name, a, b in zip(ref_names, ref_out, again) if not _same(a, b)]
             if differ:
                 ops = random_ops(ref_proto)
-                cause = f"random ops: {', '.join(ops[:4])}{' ...' if len(ops) > 4 else ''}" if ops else \
+                kinds = Counter(kind for kind, _ in ops)
+                first = next((f" (first '{name}')" for _, name in ops if name), "")
+                cause = "random ops: " + ", ".join(f"{k} x {n}" for k, n in kinds.items()) + first if ops else \
                     "no known random op found"
                 raise NondeterministicReference(
                     f"the reference model is not deterministic: two runs on the same inputs differ at output "
