@@ -530,3 +530,35 @@ def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
     assert code == 0 and drawn == ""
     piped = subprocess.run([sys.executable, "-m", "optgraph.runtime.cli", *argv], capture_output=True, text=True)
     assert piped.returncode == 0 and piped.stderr == "" and "running" not in piped.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# small gaps closed earlier: --version, empty --passes, --inputs 0, -o -, a closed pipe
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("optgraph ")
+
+
+@pytest.mark.parametrize(("extra", "message"), [(["--passes", ""], "--passes is empty"),
+                                                (["--check", "--inputs", "0"], "expected a count of at least 1")])
+def test_empty_requests_are_errors(extra: list[str], message: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model = write(tmp_path / "m.onnx")
+    before = set(os.listdir(tmp_path))
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(tmp_path / "o.onnx"), *extra)
+    assert_clean_failure(code, err, tmp_path, before)
+    assert message in err
+
+
+def test_output_to_stdout_and_closed_pipe(tmp_path: Path) -> None:
+    model = write(tmp_path / "m.onnx")
+    cli = [sys.executable, "-m", "optgraph.runtime.cli"]
+    done = subprocess.run([*cli, "run", str(model), "-o", "-"], capture_output=True)
+    assert done.returncode == 0 and not (tmp_path / "-").exists()
+    assert onnx.load_from_string(done.stdout).graph.output[0].name == "y"
+    assert b"top-level nodes" in done.stderr  # the summary goes to stderr when stdout holds the model
+    piped = subprocess.run(f"{' '.join(cli)} list | head -1", shell=True, capture_output=True, text=True)
+    assert piped.stdout == "passes:\n" and piped.stderr == ""
