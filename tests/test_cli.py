@@ -556,7 +556,7 @@ def test_empty_requests_are_errors(extra: list[str], message: str, tmp_path: Pat
 def test_output_to_stdout_and_closed_pipe(tmp_path: Path) -> None:
     model = write(tmp_path / "m.onnx")
     cli = [sys.executable, "-m", "optgraph.runtime.cli"]
-    done = subprocess.run([*cli, "run", str(model), "-o", "-"], capture_output=True)
+    done = subprocess.run([*cli, "run", str(model), "-o", "-"], capture_output=True, cwd=tmp_path)
     assert done.returncode == 0 and not (tmp_path / "-").exists()
     assert onnx.load_from_string(done.stdout).graph.output[0].name == "y"
     assert b"top-level nodes" in done.stderr  # the summary goes to stderr when stdout holds the model
