@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         reference = _reference(args.model)
         check = compare(reference, ir.to_proto(model), n_inputs=args.inputs or 3, seed=args.seed, dims=dims,
-                        shapes=shapes, rtol=args.rtol, atol=args.atol, feeds=_data(args, reference))
+                        shapes=shapes, rtol=args.rtol, atol=args.atol, feeds=_data(args, reference, shapes))
         if not check.equivalent:
             print(f"optgraph: mismatch: {check.message}; output not written", file=sys.stderr)
             return EXIT_MISMATCH
@@ -168,7 +168,7 @@ def _first_mismatch_guard(path: str, args: argparse.Namespace, dims: dict[str, i
     from optgraph.passes.testing.oracle import compare
 
     reference = _reference(path)
-    feeds = _data(args, reference)
+    feeds = _data(args, reference, shapes)
     checked = []  # the reference's determinism is checked on the first comparison only
 
     def check(model: ir.Model, record: Any) -> None:
@@ -184,10 +184,11 @@ def _first_mismatch_guard(path: str, args: argparse.Namespace, dims: dict[str, i
     return check
 
 
-def _data(args: argparse.Namespace, reference: Any) -> list[dict[str, Any]] | None:
+def _data(args: argparse.Namespace, reference: Any, shapes: dict[str, tuple[int, ...]] | None = None
+          ) -> list[dict[str, Any]] | None:
     """The batches of ``--data`` (calibration's formats) for the oracle, at most ``--inputs`` of
     them when given; None for random inputs. A .npz is cut along its first axis into batches of
-    the model's static batch size (16 when the batch is symbolic)."""
+    the model's static batch size (as ``--shape`` fixes it; 16 when the batch is symbolic)."""
     if not args.data:
         return None
     from itertools import islice
@@ -196,8 +197,10 @@ def _data(args: argparse.Namespace, reference: Any) -> list[dict[str, Any]] | No
 
     inits = {t.name for t in reference.graph.initializer}
     inputs = [vi for vi in reference.graph.input if vi.name not in inits]
-    first = inputs[0].type.tensor_type.shape.dim if inputs else []
-    batch = first[0].dim_value if len(first) and first[0].dim_value > 0 else 16
+    first = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    if inputs and shapes and inputs[0].name in shapes:
+        first = list(shapes[inputs[0].name])
+    batch = first[0] if first and first[0] > 0 else 16
     feeds = list(islice(calibration.source(args.data, [vi.name for vi in inputs], batch=batch)(), args.inputs))
     if not feeds:
         raise UsageError(f"--data {args.data} holds no samples")
