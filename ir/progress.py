@@ -72,14 +72,22 @@ def _Steps(column: Any) -> Any:  # noqa: N802 - a column class built on first us
     return Steps()
 
 
+@contextmanager
+def steps(description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A bar of ``total`` steps; yields the function that advances it by one. Unlike ``track``,
+    the display ends as soon as the block does, even when it exits by an exception."""
+    with _task(description, total) as update:
+        yield lambda: update(advance=1)
+
+
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """``items``, one step of the display per item (``total`` from ``len`` when it has one)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with _task(description, total) as update:
+    with steps(description, total) as step:
         for item in items:
             yield item
-            update(advance=1)
+            step()
 
 
 @contextmanager

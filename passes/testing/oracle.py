@@ -319,33 +319,35 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
 
     worst: tuple[float, str, float, float, int, str] = (-1.0, "", 0.0, 0.0, seed, "")
     count = 0
-    total = n_inputs if feeds is None else len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]
-    for s, feed in progress.track(batches, "check: running both models", total):
-        ref_out = run_reference(s, feed)
-        if count == 0 and check_reference:
-            again = run_reference(s, feed)
-            differ = [name for name, a, b in zip(ref_names, ref_out, again) if not _same(a, b)]
-            if differ:
-                ops = random_ops(ref_proto)
-                kinds = Counter(kind for kind, _ in ops)
-                first = next((f" (first '{name}')" for _, name in ops if name), "")
-                cause = "random ops: " + ", ".join(f"{k} x {n}" for k, n in kinds.items()) + first if ops else \
-                    "no known random op found"
-                raise NondeterministicReference(
-                    f"the reference model is not deterministic: two runs on the same inputs differ at output "
-                    f"'{differ[0]}' ({cause}); export it in eval mode or remove the random ops")
-        count += 1
-        try:
-            cand_out = cand_sess.run(None, dict(feed))
-        except Exception as e:
-            return mismatch("", s, f"it fails in onnxruntime: {_one_line(e)}")
-        for name, a, b in zip(ref_names, ref_out, cand_out):
-            c = compare_arrays(a, np.asarray(b), rtol, atol)
-            if not c.ok:
-                return Comparison(False, name, c.abs_err, c.rel_err, s,
-                                  f"candidate differs at output '{name}' ({what} {s}): {c.detail}")
-            if c.ratio > worst[0]:
-                worst = (c.ratio, name, c.abs_err, c.rel_err, s, c.detail)
+    total = n_inputs if feeds is None else len(feeds) if isinstance(feeds, Sequence) else None
+    with progress.steps("check: running both models", total) as step:
+        for s, feed in batches:
+            ref_out = run_reference(s, feed)
+            if count == 0 and check_reference:
+                again = run_reference(s, feed)
+                differ = [name for name, a, b in zip(ref_names, ref_out, again) if not _same(a, b)]
+                if differ:
+                    ops = random_ops(ref_proto)
+                    kinds = Counter(kind for kind, _ in ops)
+                    first = next((f" (first '{name}')" for _, name in ops if name), "")
+                    cause = "random ops: " + ", ".join(f"{k} x {n}" for k, n in kinds.items()) + first if ops else \
+                        "no known random op found"
+                    raise NondeterministicReference(
+                        f"the reference model is not deterministic: two runs on the same inputs differ at output "
+                        f"'{differ[0]}' ({cause}); export it in eval mode or remove the random ops")
+            count += 1
+            try:
+                cand_out = cand_sess.run(None, dict(feed))
+            except Exception as e:
+                return mismatch("", s, f"it fails in onnxruntime: {_one_line(e)}")
+            for name, a, b in zip(ref_names, ref_out, cand_out):
+                c = compare_arrays(a, np.asarray(b), rtol, atol)
+                if not c.ok:
+                    return Comparison(False, name, c.abs_err, c.rel_err, s,
+                                      f"candidate differs at output '{name}' ({what} {s}): {c.detail}")
+                if c.ratio > worst[0]:
+                    worst = (c.ratio, name, c.abs_err, c.rel_err, s, c.detail)
+            step()
     if not count:
         raise ReferenceRunError("no inputs to compare on (the data is empty)")
     _, name, abs_err, rel_err, s, detail = worst
