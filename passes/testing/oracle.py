@@ -282,8 +282,9 @@ def compare(reference: ModelLike, candidate: ModelLike, *, n_inputs: int = 3, se
     The reference runs twice on the first feed: if it disagrees with itself (a model exported in
     training mode, random ops) NondeterministicReference names the random ops instead of any
     candidate being blamed (``check_reference=False`` skips this for a reference already checked).
-    Outputs are matched by position and must agree in name, dtype and shape. A candidate that onnxruntime cannot load or run is reported as a mismatch; a reference
-    that cannot run raises ReferenceRunError.
+    Outputs are matched by position and must agree in name, dtype and shape. A candidate that
+    onnxruntime cannot load or run is reported as a mismatch; a reference that cannot run raises
+    ReferenceRunError.
     """
     ref_proto, cand_proto = _as_proto(reference), _as_proto(candidate)
     what = "seed" if feeds is None else "batch"
