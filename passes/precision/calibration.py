@@ -183,35 +183,44 @@ def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histo
     names = _float_tensors(model)
     session = _session(model, names)
     inputs = [i.name for i in session.get_inputs()]
+    # an exported model often has a fixed batch (1): larger calibration batches are run in slices
+    fixed = {i.name: i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
     stats = Stats(amax=dict.fromkeys(names, 0.0))
 
-    def run(feed: Feed) -> dict[str, np.ndarray]:
+    def run(feed: Feed) -> Iterator[dict[str, np.ndarray]]:
         missing = [n for n in inputs if n not in feed]
         if missing:
             raise CalibrationError(f"calibration data has no array for input(s) {', '.join(missing)}")
-        try:
-            outs = session.run(names, {n: np.asarray(feed[n]) for n in inputs})
-        except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
-            raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
-        return dict(zip(names, outs))
+        arrays = {n: np.asarray(feed[n]) for n in inputs}
+        step = min(fixed.values()) if fixed else 0
+        total = min((len(a) for a in arrays.values() if a.ndim), default=0)
+        slices = [slice(0, None)] if not step or total == step else [slice(i, i + step) for i in range(0, total, step)]
+        for part in slices:
+            try:
+                outs = session.run(names, {n: a[part] if n in fixed else a for n, a in arrays.items()})
+            except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
+                raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
+            yield dict(zip(names, outs))
 
     count = 0
     for feed in _progress(data(), "calibration: ranges"):
         count += 1
-        for n, a in run(feed).items():
-            if a.size:
-                stats.amax[n] = max(stats.amax[n], float(np.abs(a).max()))
+        for outs in run(feed):
+            for n, a in outs.items():
+                if a.size:
+                    stats.amax[n] = max(stats.amax[n], float(np.abs(a).max()))
     if not count:
         raise CalibrationError("calibration data is empty")
     if not histograms:
         return stats
     stats.hist = {n: np.zeros(BINS, np.int64) for n in names}
     for feed in _progress(data(), "calibration: histograms"):
-        for n, a in run(feed).items():
-            top = stats.amax[n]
-            if a.size and top > 0:
-                idx = np.minimum((np.abs(a.astype(np.float64)).ravel() * (BINS / top)).astype(np.int64), BINS - 1)
-                stats.hist[n] += np.bincount(idx, minlength=BINS)
+        for outs in run(feed):
+            for n, a in outs.items():
+                top = stats.amax[n]
+                if a.size and top > 0:
+                    idx = np.minimum((np.abs(a.astype(np.float64)).ravel() * (BINS / top)).astype(np.int64), BINS - 1)
+                    stats.hist[n] += np.bincount(idx, minlength=BINS)
     return stats
 
 

@@ -5,10 +5,10 @@ from onnx import TensorProto, helper
 from optgraph.passes.precision import calibration as c
 
 
-def _relu_model():  # type: ignore[no-untyped-def]
+def _relu_model(batch: int | str = "N"):  # type: ignore[no-untyped-def]
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 10
     return m
@@ -25,6 +25,14 @@ def test_statistics_and_ranges_do_not_depend_on_the_batch_split() -> None:
     assert all((a.hist[k] == b.hist[k]).all() for k in a.hist)
     for method in c.METHODS:
         assert c.ranges(a, method) == c.ranges(b, method)
+
+
+def test_a_fixed_batch_model_is_fed_in_slices_of_its_batch() -> None:
+    # exported models often fix the batch at 1: batches of 5 are run one sample at a time
+    x = np.random.default_rng(3).normal(0, 1, (12, 4)).astype(np.float32)
+    a, b = c.collect(_relu_model(1), _data(x, 5)), c.collect(_relu_model(), _data(x, 12))
+    assert a.amax == b.amax
+    assert all((a.hist[k] == b.hist[k]).all() for k in a.hist)
 
 
 def test_entropy_percentile_and_mse_clip_a_heavy_tail() -> None:
