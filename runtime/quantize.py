@@ -39,7 +39,7 @@ def _check(original: Any, quantized: Any, data: Any) -> str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.passes.precision import calibration
+    from optgraph.passes.precision import calibration, quantize
 
     if not os.path.exists(args.model):
         raise QuantizeCommandError(f"'{args.model}' does not exist")
@@ -59,7 +59,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         table = calibration.load_cache(args.cache, args.method)
     else:
         assert data is not None
-        table = calibration.ranges(calibration.collect(optimized, data), args.method, percentile=args.percentile)
+        stats = calibration.collect(optimized, data, names=quantize.calibrated_tensors(model))
+        table = calibration.ranges(stats, args.method, percentile=args.percentile)
         if args.cache:
             calibration.save_cache(args.cache, args.method, table)
     ctx = PassContext()

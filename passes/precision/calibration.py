@@ -1,14 +1,17 @@
 """Calibration: per-tensor activation statistics from real data, and the ranges INT8 and the
 data-driven fp16 mode derive from them.
 
-Statistics come from onnxruntime running a copy of the model whose float intermediate tensors are
-all graph outputs, batch by batch; only per-tensor aggregates are kept (max |x| and a histogram of
-|x| with ``BINS`` bins), so memory is tensors x bins whatever the number of samples.
+Statistics come from onnxruntime running a copy of the model whose float intermediate tensors (all
+of them, or the ones the caller names: the inputs quantize-int8 will read) are graph outputs,
+batch by batch; only per-tensor aggregates are kept (max |x| and a histogram of |x|), so memory is
+tensors x bins whatever the number of samples.
 
-The histogram grid is fixed before any bin is counted: a first pass over the data measures max |x|
-per tensor, the second counts |x| on [0, max] in ``BINS`` equal bins. Every element's bin depends
-only on its value and that maximum, and counts are integers, so the statistics (and every range)
-are identical for any batch split of the same samples. The price is running the data twice.
+One pass, and identical statistics for any batch split of the same samples: the histogram grid is
+a power of two wide (``GRID`` bins of width 2**e, e the smallest that holds the running max), so
+|x| * 2**-e is exact and an element's bin depends only on its value and e. When a batch raises the
+max, e grows and adjacent bins merge in groups of 2**k, which is exactly the histogram the new grid
+would have counted. The final grid therefore depends only on the overall max, and the data spans
+at least ``GRID / 2`` = 2048 of its bins.
 
 Methods, all from the same histogram (ranges are symmetric: one threshold ``t``, scale ``t/127``):
 ``minmax`` (t = max |x|), ``percentile`` (the bin edge below which ``percentile`` % of |x| lie),
@@ -33,7 +36,8 @@ import onnx
 from optgraph import ir
 from optgraph.ir.serde import write_atomic
 
-BINS = 2048
+GRID = 4096  # histogram bins on the power-of-two grid; the data spans at least half of them
+OUTPUT_BUDGET = 256 << 20  # bytes of exposed tensors per onnxruntime run
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 Feed = dict[str, np.ndarray]
 
@@ -138,10 +142,12 @@ def limit(data: Callable[[], Iterable[Feed]], samples: int | None) -> Callable[[
 # --- statistics -----------------------------------------------------------------------------
 @dataclass
 class Stats:
-    """Per-tensor max |x| and histogram of |x| on [0, max |x|] (``BINS`` bins)."""
+    """Per-tensor max |x| and histogram of |x| in bins of ``width`` (from 0 to the bin holding max |x|)."""
 
     amax: dict[str, float] = field(default_factory=dict)
     hist: dict[str, np.ndarray] = field(default_factory=dict)
+    width: dict[str, float] = field(default_factory=dict)
+    memo: dict[tuple[str, str, float], float] = field(default_factory=dict, repr=False)  # thresholds found
 
 
 def _float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -178,55 +184,104 @@ def _progress(it: Iterable[Feed], desc: str) -> Iterable[Feed]:
     return tqdm(it, desc=desc, unit="batch", leave=False)
 
 
-def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True) -> Stats:
-    """Statistics of every float tensor of ``model`` (graph inputs and node outputs) on ``data``."""
-    names = _float_tensors(model)
-    session = _session(model, names)
-    inputs = [i.name for i in session.get_inputs()]
-    # an exported model often has a fixed batch (1): larger calibration batches are run in slices
-    fixed = {i.name: i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    stats = Stats(amax=dict.fromkeys(names, 0.0))
+def _exponent(top: float) -> int:
+    """The smallest e with top < GRID * 2**e (exact: from the float's own exponent)."""
+    return int(np.frexp(np.float32(top))[1]) - int(np.log2(GRID))
 
-    def run(feed: Feed) -> Iterator[dict[str, np.ndarray]]:
+
+class _Histogram:
+    """One tensor's |x| counts on the power-of-two grid, merged exactly when the max grows."""
+
+    __slots__ = ("counts", "exp", "top")
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(GRID, np.int64)
+        self.exp: int | None = None
+        self.top = 0.0
+
+    def add(self, a: np.ndarray) -> None:
+        x = np.abs(a.reshape(-1).astype(np.float32, copy=False))
+        top = float(x.max()) if x.size else 0.0
+        if not np.isfinite(top):
+            x = x[np.isfinite(x)]  # inf and nan have no bin
+            top = float(x.max()) if x.size else 0.0
+        if top == 0.0:
+            self.counts[0] += x.size  # zeros are bin 0 on any grid
+            return
+        self.top = max(self.top, top)
+        exp = _exponent(self.top)
+        if self.exp is not None and exp > self.exp:
+            k = exp - self.exp
+            merged = np.zeros(GRID, np.int64)
+            if (1 << k) < GRID:
+                merged[:GRID >> k] = self.counts.reshape(-1, 1 << k).sum(axis=1)
+            else:
+                merged[0] = self.counts.sum()
+            self.counts = merged
+        self.exp = exp if self.exp is None else max(self.exp, exp)
+        np.multiply(x, np.float32(2.0 ** -self.exp), out=x)  # exact: a power of two
+        self.counts += np.bincount(x.astype(np.intp), minlength=GRID)
+
+
+def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True,
+            names: Sequence[str] | None = None) -> Stats:
+    """Statistics of the float tensors of ``model`` (graph inputs and node outputs; only ``names``
+    when given) on ``data``, in one pass."""
+    floats = _float_tensors(model)
+    if names is not None:
+        wanted = set(names)
+        floats = [n for n in floats if n in wanted]
+    session = _session(model, floats)
+    inputs = [i.name for i in session.get_inputs()]
+    # Batches are run in slices: of the model's batch when it is fixed (exported models: 1), else
+    # of as many samples as keep the exposed outputs within OUTPUT_BUDGET (measured on one sample).
+    fixed = [i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+    per_sample = 0
+    hists = {n: _Histogram() for n in floats}
+    count = 0
+    for feed in _progress(data(), "calibration"):
+        count += 1
         missing = [n for n in inputs if n not in feed]
         if missing:
             raise CalibrationError(f"calibration data has no array for input(s) {', '.join(missing)}")
         arrays = {n: np.asarray(feed[n]) for n in inputs}
-        step = min(fixed.values()) if fixed else 0
         total = min((len(a) for a in arrays.values() if a.ndim), default=0)
-        slices = [slice(0, None)] if not step or total == step else [slice(i, i + step) for i in range(0, total, step)]
-        for part in slices:
+        start = 0
+        while True:
+            step = min(fixed) if fixed else max(1, OUTPUT_BUDGET // per_sample) if per_sample else 1
+            part = slice(start, start + step) if total else slice(None)
             try:
-                outs = session.run(names, {n: a[part] if n in fixed else a for n, a in arrays.items()})
+                outs = session.run(floats, {n: a[part] if a.ndim else a for n, a in arrays.items()})
             except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
                 raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
-            yield dict(zip(names, outs))
-
-    count = 0
-    for feed in _progress(data(), "calibration: ranges"):
-        count += 1
-        for outs in run(feed):
-            for n, a in outs.items():
-                if a.size:
-                    stats.amax[n] = max(stats.amax[n], float(np.abs(a).max()))
+            if total and not per_sample:
+                per_sample = max(1, sum(a.nbytes for a in outs) // max(1, min(step, total - start)))
+            for n, a in zip(floats, outs):
+                if not a.size:
+                    continue
+                if histograms:
+                    hists[n].add(a)
+                else:
+                    hists[n].top = max(hists[n].top, float(np.abs(a).max()))
+            del outs
+            start += step
+            if start >= total:
+                break
     if not count:
         raise CalibrationError("calibration data is empty")
-    if not histograms:
-        return stats
-    stats.hist = {n: np.zeros(BINS, np.int64) for n in names}
-    for feed in _progress(data(), "calibration: histograms"):
-        for outs in run(feed):
-            for n, a in outs.items():
-                top = stats.amax[n]
-                if a.size and top > 0:
-                    idx = np.minimum((np.abs(a.astype(np.float64)).ravel() * (BINS / top)).astype(np.int64), BINS - 1)
-                    stats.hist[n] += np.bincount(idx, minlength=BINS)
+    stats = Stats(amax={n: h.top for n, h in hists.items()})
+    if histograms:
+        for n, h in hists.items():
+            if h.exp is not None and h.top > 0:
+                width = 2.0 ** h.exp
+                stats.hist[n] = h.counts[:int(np.floor(h.top / width)) + 1].copy()
+                stats.width[n] = width
     return stats
 
 
 def max_abs(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]]) -> dict[str, float]:
-    """Max |x| per float tensor on ``data`` (one pass, no histograms): the ranges the data-driven
-    fp16 mode compares with its margin (``PassContext.ranges``)."""
+    """Max |x| per float tensor on ``data`` (no histograms): the ranges the data-driven fp16 mode
+    compares with its margin (``PassContext.ranges``)."""
     return collect(model, data, histograms=False).amax
 
 
@@ -249,7 +304,7 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
     return x * np.log(np.where(x > 0, x, 1.0))
 
 
-def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
+def _entropy(hist: np.ndarray, width: float, levels: int = 128, candidates: int = 2048) -> float:
     """TensorRT's entropy calibration: the threshold whose ``levels``-level quantization of the
     clipped histogram (outliers folded into the last bin, empty quantized bins smoothed) has the
     least KL divergence from it. Every candidate length i is scored at once from cumulative sums
@@ -260,7 +315,9 @@ def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
         return len(h) * width
     n = len(h)
     ch, cnz, chl = (np.concatenate([[0.0], np.cumsum(a)]) for a in (h, (h != 0).astype(np.float64), _xlogx(h)))
-    i = np.arange(levels, n + 1)
+    i = np.arange(levels, n + 1, max(1, -(-n // candidates)))  # at most ~``candidates`` thresholds, as TensorRT's 2048
+    if i[-1] != n:
+        i = np.append(i, n)  # no clipping is always a candidate
     tail = total - ch[i]
     last = h[i - 1] + tail  # the clipped distribution's last bin
     starts = (np.arange(levels + 1)[None, :] * i[:, None] + levels - 1) // levels  # group k: bins starts[k]..starts[k+1]
@@ -278,8 +335,20 @@ def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
 
 
 def _mse(hist: np.ndarray, width: float) -> float:
-    candidates = np.arange(16, len(hist) + 1, 8) * width
+    candidates = np.arange(16, len(hist) + 1, max(8, len(hist) // 256)) * width  # ~256 thresholds
     return float(candidates[int(np.argmin(_sq_error(hist, width, candidates)))])
+
+
+def _pick(stats: Stats, name: str, method: str, percentile: float) -> float:
+    """One tensor's threshold by percentile, entropy or mse (remembered: auto reuses it), at most
+    max |x| (the last bin reaches past it)."""
+    key = (name, method, percentile)
+    if key not in stats.memo:
+        hist, width = stats.hist[name], stats.width[name]
+        t = (_percentile(hist, width, percentile) if method == "percentile"
+             else _entropy(hist, width) if method == "entropy" else _mse(hist, width))
+        stats.memo[key] = min(stats.amax[name], float(t))
+    return stats.memo[key]
 
 
 def ranges(stats: Stats, method: str = "entropy", *, percentile: float = 99.99) -> dict[str, float]:
@@ -288,18 +357,13 @@ def ranges(stats: Stats, method: str = "entropy", *, percentile: float = 99.99) 
         raise CalibrationError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
     out: dict[str, float] = {}
     for name, top in stats.amax.items():
-        hist = stats.hist.get(name)
-        if top <= 0 or hist is None or method == "minmax":
+        if top <= 0 or name not in stats.hist or method == "minmax":
             out[name] = top
-            continue
-        width = top / len(hist)
-        pick = {"percentile": lambda: _percentile(hist, width, percentile),
-                "entropy": lambda: _entropy(hist, width), "mse": lambda: _mse(hist, width)}
-        if method == "auto":
-            cands = np.array([top, *(f() for f in pick.values())])
-            out[name] = float(cands[int(np.argmin(_sq_error(hist, width, cands)))])
+        elif method == "auto":
+            cands = np.array([top, *(_pick(stats, name, m, percentile) for m in ("percentile", "entropy", "mse"))])
+            out[name] = float(cands[int(np.argmin(_sq_error(stats.hist[name], stats.width[name], cands)))])
         else:
-            out[name] = float(pick[method]())
+            out[name] = _pick(stats, name, method, percentile)
     return out
 
 

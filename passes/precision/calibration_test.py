@@ -47,7 +47,7 @@ def test_entropy_percentile_and_mse_clip_a_heavy_tail() -> None:
         assert t > 2.0, method  # the body of the distribution is kept
     assert c.ranges(stats, "minmax")["x"] == top
     # mse weighs the outlier's own error too; auto picks the least expected error of all methods
-    err = {m: c._sq_error(stats.hist["x"], top / c.BINS, np.array([c.ranges(stats, m)["x"]]))[0] for m in c.METHODS}
+    err = {m: c._sq_error(stats.hist["x"], stats.width["x"], np.array([c.ranges(stats, m)["x"]]))[0] for m in c.METHODS}
     assert err["auto"] == min(err.values())
 
 
@@ -103,3 +103,18 @@ def test_entropy_matches_the_candidate_by_candidate_search() -> None:
         h = np.bincount(np.minimum((x / x.max() * 512).astype(int), 511), minlength=512)
         i = _entropy_reference(h)
         assert c._entropy(h, 1.0) == ((i + 0.5) if i < 512 else 512)
+
+
+def test_histogram_merged_as_the_max_grows_equals_one_counted_on_the_final_grid() -> None:
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(0, s, 5000).astype(np.float32) for s in (0.01, 1.0, 0.1, 300.0)]
+    grown = c._Histogram()
+    for p in parts:
+        grown.add(p)
+    once = c._Histogram()
+    once.add(np.concatenate(parts))
+    assert grown.exp == once.exp and grown.top == once.top
+    assert (grown.counts == once.counts).all()
+    width = 2.0 ** once.exp
+    assert once.top < c.GRID * width <= 2 * once.top  # the data spans at least half the grid
+    assert once.counts.sum() == 20000
