@@ -37,6 +37,7 @@ from optgraph import ir
 from optgraph.ir.serde import write_atomic
 
 GRID = 4096  # histogram bins on the power-of-two grid; the data spans at least half of them
+ENTROPY_BINS = 2048  # TensorRT's entropy calibration histogram: 2048 bins on [0, max |x|]
 OUTPUT_BUDGET = 256 << 20  # bytes of exposed tensors per onnxruntime run
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 Feed = dict[str, np.ndarray]
@@ -304,7 +305,7 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
     return x * np.log(np.where(x > 0, x, 1.0))
 
 
-def _entropy(hist: np.ndarray, width: float, levels: int = 128, candidates: int = 2048) -> float:
+def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
     """TensorRT's entropy calibration: the threshold whose ``levels``-level quantization of the
     clipped histogram (outliers folded into the last bin, empty quantized bins smoothed) has the
     least KL divergence from it. Every candidate length i is scored at once from cumulative sums
@@ -315,9 +316,7 @@ def _entropy(hist: np.ndarray, width: float, levels: int = 128, candidates: int 
         return len(h) * width
     n = len(h)
     ch, cnz, chl = (np.concatenate([[0.0], np.cumsum(a)]) for a in (h, (h != 0).astype(np.float64), _xlogx(h)))
-    i = np.arange(levels, n + 1, max(1, -(-n // candidates)))  # at most ~``candidates`` thresholds, as TensorRT's 2048
-    if i[-1] != n:
-        i = np.append(i, n)  # no clipping is always a candidate
+    i = np.arange(levels, n + 1)
     tail = total - ch[i]
     last = h[i - 1] + tail  # the clipped distribution's last bin
     starts = (np.arange(levels + 1)[None, :] * i[:, None] + levels - 1) // levels  # group k: bins starts[k]..starts[k+1]
@@ -334,6 +333,13 @@ def _entropy(hist: np.ndarray, width: float, levels: int = 128, candidates: int 
     return (i[best] + 0.5) * width if i[best] < n else n * width
 
 
+def _resample(hist: np.ndarray, width: float, top: float, bins: int) -> tuple[np.ndarray, float]:
+    """``hist`` as ``bins`` equal bins on [0, top] (counts split in proportion within a bin)."""
+    cum = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
+    edges = np.linspace(0.0, top, bins + 1) / width
+    return np.diff(np.interp(edges, np.arange(len(hist) + 1), cum)), top / bins
+
+
 def _mse(hist: np.ndarray, width: float) -> float:
     candidates = np.arange(16, len(hist) + 1, max(8, len(hist) // 256)) * width  # ~256 thresholds
     return float(candidates[int(np.argmin(_sq_error(hist, width, candidates)))])
@@ -346,7 +352,8 @@ def _pick(stats: Stats, name: str, method: str, percentile: float) -> float:
     if key not in stats.memo:
         hist, width = stats.hist[name], stats.width[name]
         t = (_percentile(hist, width, percentile) if method == "percentile"
-             else _entropy(hist, width) if method == "entropy" else _mse(hist, width))
+             else _entropy(*_resample(hist, width, stats.amax[name], ENTROPY_BINS)) if method == "entropy"
+             else _mse(hist, width))
         stats.memo[key] = min(stats.amax[name], float(t))
     return stats.memo[key]
 
