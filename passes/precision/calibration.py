@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -224,6 +225,19 @@ class _Histogram:
         self.counts += np.bincount(x.astype(np.intp), minlength=GRID)
 
 
+def fixed_batch(session: Any) -> int | None:
+    """The batch an onnxruntime session's inputs fix (exported models: 1), None when it is free."""
+    fixed = [i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+    return min(fixed) if fixed else None
+
+
+def split(feed: Feed, size: int) -> Iterator[Feed]:
+    """``feed`` in slices of ``size`` samples (arrays without a sample axis are passed whole)."""
+    total = min((len(a) for a in feed.values() if np.ndim(a)), default=0)
+    for start in range(0, max(total, 1), size):
+        yield {n: a[start:start + size] if np.ndim(a) else a for n, a in feed.items()}
+
+
 def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True,
             names: Sequence[str] | None = None) -> Stats:
     """Statistics of the float tensors of ``model`` (graph inputs and node outputs; only ``names``
@@ -236,7 +250,7 @@ def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histo
     inputs = [i.name for i in session.get_inputs()]
     # Batches are run in slices: of the model's batch when it is fixed (exported models: 1), else
     # of as many samples as keep the exposed outputs within OUTPUT_BUDGET (measured on one sample).
-    fixed = [i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+    fixed = fixed_batch(session)
     per_sample = 0
     hists = {n: _Histogram() for n in floats}
     count = 0
@@ -249,7 +263,7 @@ def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histo
         total = min((len(a) for a in arrays.values() if a.ndim), default=0)
         start = 0
         while True:
-            step = min(fixed) if fixed else max(1, OUTPUT_BUDGET // per_sample) if per_sample else 1
+            step = fixed or (max(1, OUTPUT_BUDGET // per_sample) if per_sample else 1)
             part = slice(start, start + step) if total else slice(None)
             try:
                 outs = session.run(floats, {n: a[part] if a.ndim else a for n, a in arrays.items()})
