@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -165,22 +166,28 @@ def engine(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def trained_rows(quick: bool, with_trt: bool, runs: int) -> dict[str, list[dict[str, Any]]]:
+    """Tool by tool, every fixture: ModelOpt patches onnxruntime's quantization module when it runs,
+    so the onnxruntime rows (earlier in TOOLS) must all come before any ModelOpt row."""
     from optgraph.passes.precision import trained
 
-    fixtures = [trained.tabular_mlp] if quick else [trained.digits_cnn, trained.tabular_mlp]
+    fixtures = [trained.tabular_mlp()] if quick else [trained.digits_cnn(), trained.tabular_mlp()]
+    names = ["tabular_mlp"] if quick else ["digits_cnn", "tabular_mlp"]
     out: dict[str, list[dict[str, Any]]] = {}
-    for make in fixtures:
-        t = make()
+    refs = {}
+    for name, t in zip(names, fixtures):
         feed = {t.input_name: t.x_test}
         ref_session = _session(t.model)
         ref = ref_session.run(None, feed)[0]
-        base_ms = _latency_ms(ref_session, feed, runs)
-        rows = [{"tool": "fp32 (original)", "precision": "fp32", "accuracy": t.accuracy(ref), "error": 0.0,
-                 "qdq": 0, "casts": _count(t.model, "Cast"), "latency": 1.0, "seconds": 0.0,
-                 **(engine(t.model) if with_trt else {})}]
-        for label, precision, tool, method in TOOLS:
-            if quick and not label.startswith(("optgraph", "onnxruntime MinMax")):
-                continue
+        refs[name] = (ref, _latency_ms(ref_session, feed, runs))
+        out[name] = [{"tool": "fp32 (original)", "precision": "fp32", "accuracy": t.accuracy(ref), "error": 0.0,
+                      "qdq": 0, "casts": _count(t.model, "Cast"), "latency": 1.0, "seconds": 0.0,
+                      **(engine(t.model) if with_trt else {})}]
+    for label, precision, tool, method in TOOLS:
+        if quick and not label.startswith(("optgraph", "onnxruntime MinMax")):
+            continue
+        for name, t in zip(names, fixtures):
+            ref, base_ms = refs[name]
+            feed = {t.input_name: t.x_test}
             row: dict[str, Any] = {"tool": label, "precision": precision}
             try:
                 start = time.perf_counter()
@@ -196,9 +203,8 @@ def trained_rows(quick: bool, with_trt: bool, runs: int) -> dict[str, list[dict[
                     row.update(engine(result))
             except Exception as e:  # a peer that fails is a result, not a crash of the benchmark
                 row["failure"] = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
-            rows.append(row)
-            print(f"{t.model.graph.name} {label}: {row}", file=sys.stderr)
-        out[make.__name__] = rows
+            out[name].append(row)
+            print(f"{name} {label}: {row}", file=sys.stderr)
     return out
 
 
@@ -253,7 +259,9 @@ def child(tool: str, path: str, n: int) -> dict[str, Any]:
                      calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32",
                      output_path=os.path.join(d, "out.onnx"), log_level="ERROR")
     seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"tool": tool, "samples": n, "seconds": seconds, "per_100": 100 * seconds / n,
+            "cpu_per_100": 100 * (usage.ru_utime + usage.ru_stime) / n,
             "peak_rss_mb": common.peak_rss_mb(), "load": load, "load_after": os.getloadavg()[0]}
 
 
@@ -297,16 +305,27 @@ def markdown(trained: dict[str, list[dict[str, Any]]], calib: list[dict[str, Any
                          f"{r['casts']} | {r['latency']:.2f}x | {eng} | {_cell(r.get('int8'), '{:.0f}')} | "
                          f"{_cell(r.get('half'), '{:.0f}')} |")
         lines.append("")
+    lines += ["How the peers ran: onnxruntime quantize_static with QDQ, per_channel, symmetric int8 and",
+              "QuantizeBias=False, the training split as one batch (its histogram calibrators stack batches",
+              "and fail on a shorter last one); ModelOpt 0.47 ONNX PTQ with calibration_eps=['cpu'] and",
+              "high_precision_dtype='fp32' (installed without its [onnx] extra, whose onnxruntime-gpu and",
+              "onnx 1.21 pins would replace this environment's packages); onnxconverter-common and AutoCast",
+              "with keep_io_types. Latency ratios are medians of --runs runs on a shared machine: read them",
+              "as rough.", ""]
     if calib:
         lines += ["## Calibration cost: ResNet-50 (random weights), 224x224 random samples", "",
-                  "| tool | samples | seconds | seconds per 100 samples | peak RSS MB | load average (1 min) before -> after |",
-                  "|---|---|---|---|---|---|"]
+                  "Wall seconds depend on the machine's load (shown); CPU seconds (all threads of the",
+                  "process, from model load to the last range) do much less. Peers ran fewer samples:",
+                  "their figures per 100 are scaled.", "",
+                  "| tool | samples | seconds | seconds per 100 samples | CPU seconds per 100 samples | peak RSS MB | load average (1 min) before -> after |",
+                  "|---|---|---|---|---|---|---|"]
         for r in calib:
             if "error" in r:
-                lines.append(f"| {r['tool']} | {r['samples']} | failed: {r['error']} |  |  |  |")
+                lines.append(f"| {r['tool']} | {r['samples']} | failed: {r['error']} |  |  |  |  |")
                 continue
             lines.append(f"| {r['tool']} | {r['samples']} | {r['seconds']:.1f} | {r['per_100']:.1f} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['load']:.1f} -> {r['load_after']:.1f} |")
+                         f"{_cell(r.get('cpu_per_100'), '{:.1f}')} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['load']:.1f} -> {r['load_after']:.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
