@@ -15,7 +15,8 @@ at least ``GRID / 2`` = 2048 of its bins.
 
 Methods, all from the same histogram (ranges are symmetric: one threshold ``t``, scale ``t/127``):
 ``minmax`` (t = max |x|), ``percentile`` (the bin edge below which ``percentile`` % of |x| lie),
-``entropy`` (TensorRT's KL-divergence search over 128-level quantizations of the histogram head),
+``entropy`` (TensorRT's KL-divergence search over 128-level quantizations of the histogram head,
+on the histogram resampled to TensorRT's 2048 bins over [0, max |x|]),
 ``mse`` (the threshold with the least expected squared int8 error), ``auto`` (per tensor, whichever
 of the others has the least expected squared error).
 """
