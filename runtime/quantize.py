@@ -19,18 +19,21 @@ class QuantizeCommandError(ir.OptGraphError):
 
 def _check(original: Any, quantized: Any, data: Any) -> str:
     """Top-1 agreement (for outputs with a class axis) and max abs error of the first output."""
+    from optgraph.passes.precision.calibration import fixed_batch, split
     from optgraph.passes.testing.oracle import make_session
     a, b = make_session(original), make_session(quantized)
     names = [i.name for i in a.get_inputs()]
+    step = fixed_batch(a)
     agree = total = 0
     err = 0.0
-    for feed in data():
-        ra = a.run(None, {n: feed[n] for n in names})[0]
-        rb = b.run(None, {n: feed[n] for n in names})[0]
-        err = max(err, float(np.abs(ra.astype(np.float64) - rb).max()) if ra.size else 0.0)
-        if ra.ndim == 2 and ra.shape[1] > 1:
-            agree += int((ra.argmax(1) == rb.argmax(1)).sum())
-            total += len(ra)
+    for whole in data():
+        for feed in split(whole, step) if step else [whole]:
+            ra = a.run(None, {n: feed[n] for n in names})[0]
+            rb = b.run(None, {n: feed[n] for n in names})[0]
+            err = max(err, float(np.abs(ra.astype(np.float64) - rb).max()) if ra.size else 0.0)
+            if ra.ndim == 2 and ra.shape[1] > 1:
+                agree += int((ra.argmax(1) == rb.argmax(1)).sum())
+                total += len(ra)
     top1 = f"top-1 agreement {100.0 * agree / total:.2f}% of {total}, " if total else ""
     return f"check: {top1}max abs error {err:.4g}"
 
@@ -38,7 +41,7 @@ def _check(original: Any, quantized: Any, data: Any) -> str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.passes.precision import calibration
+    from optgraph.passes.precision import calibration, quantize
 
     if not os.path.exists(args.model):
         raise QuantizeCommandError(f"'{args.model}' does not exist")
@@ -58,7 +61,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         table = calibration.load_cache(args.cache, args.method)
     else:
         assert data is not None
-        table = calibration.ranges(calibration.collect(optimized, data), args.method, percentile=args.percentile)
+        stats = calibration.collect(optimized, data, names=quantize.calibrated_tensors(model))
+        table = calibration.ranges(stats, args.method, percentile=args.percentile)
         if args.cache:
             calibration.save_cache(args.cache, args.method, table)
     ctx = PassContext()

@@ -31,3 +31,17 @@ def test_quantize_refuses_without_data(tmp_path, capsys) -> None:  # type: ignor
     err = capsys.readouterr().err
     assert "--calib" in err and "does not exist" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_quantize_and_check_a_fixed_batch_model(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # exported models fix the batch at 1: calibration and --check feed batches of 4 one sample at a time
+    t = trained.tabular_mlp()
+    proto = onnx.ModelProto()
+    proto.CopyFrom(t.model)
+    for v in (proto.graph.input[0], proto.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    model, data, out = (str(tmp_path / n) for n in ("m.onnx", "d.npz", "q.onnx"))
+    onnx.save(proto, model)
+    np.savez(data, x=t.x_train)
+    assert main(["quantize", model, "-o", out, "--calib", data, "--samples", "12", "--batch", "4", "--check"]) == 0
+    assert "top-1 agreement" in capsys.readouterr().err

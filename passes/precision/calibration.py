@@ -1,18 +1,22 @@
 """Calibration: per-tensor activation statistics from real data, and the ranges INT8 and the
 data-driven fp16 mode derive from them.
 
-Statistics come from onnxruntime running a copy of the model whose float intermediate tensors are
-all graph outputs, batch by batch; only per-tensor aggregates are kept (max |x| and a histogram of
-|x| with ``BINS`` bins), so memory is tensors x bins whatever the number of samples.
+Statistics come from onnxruntime running a copy of the model whose float intermediate tensors (all
+of them, or the ones the caller names: the inputs quantize-int8 will read) are graph outputs,
+batch by batch; only per-tensor aggregates are kept (max |x| and a histogram of |x|), so memory is
+tensors x bins whatever the number of samples.
 
-The histogram grid is fixed before any bin is counted: a first pass over the data measures max |x|
-per tensor, the second counts |x| on [0, max] in ``BINS`` equal bins. Every element's bin depends
-only on its value and that maximum, and counts are integers, so the statistics (and every range)
-are identical for any batch split of the same samples. The price is running the data twice.
+One pass, and identical statistics for any batch split of the same samples: the histogram grid is
+a power of two wide (``GRID`` bins of width 2**e, e the smallest that holds the running max), so
+|x| * 2**-e is exact and an element's bin depends only on its value and e. When a batch raises the
+max, e grows and adjacent bins merge in groups of 2**k, which is exactly the histogram the new grid
+would have counted. The final grid therefore depends only on the overall max, and the data spans
+at least ``GRID / 2`` = 2048 of its bins.
 
 Methods, all from the same histogram (ranges are symmetric: one threshold ``t``, scale ``t/127``):
 ``minmax`` (t = max |x|), ``percentile`` (the bin edge below which ``percentile`` % of |x| lie),
-``entropy`` (TensorRT's KL-divergence search over 128-level quantizations of the histogram head),
+``entropy`` (TensorRT's KL-divergence search over 128-level quantizations of the histogram head,
+on the histogram resampled to TensorRT's 2048 bins over [0, max |x|]),
 ``mse`` (the threshold with the least expected squared int8 error), ``auto`` (per tensor, whichever
 of the others has the least expected squared error).
 """
@@ -25,6 +29,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,7 +38,9 @@ from optgraph import ir
 from optgraph.ir import progress
 from optgraph.ir.serde import write_atomic
 
-BINS = 2048
+GRID = 4096  # histogram bins on the power-of-two grid; the data spans at least half of them
+ENTROPY_BINS = 2048  # TensorRT's entropy calibration histogram: 2048 bins on [0, max |x|]
+OUTPUT_BUDGET = 256 << 20  # bytes of exposed tensors per onnxruntime run
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 Feed = dict[str, np.ndarray]
 
@@ -138,10 +145,12 @@ def limit(data: Callable[[], Iterable[Feed]], samples: int | None) -> Callable[[
 # --- statistics -----------------------------------------------------------------------------
 @dataclass
 class Stats:
-    """Per-tensor max |x| and histogram of |x| on [0, max |x|] (``BINS`` bins)."""
+    """Per-tensor max |x| and histogram of |x| in bins of ``width`` (from 0 to the bin holding max |x|)."""
 
     amax: dict[str, float] = field(default_factory=dict)
     hist: dict[str, np.ndarray] = field(default_factory=dict)
+    width: dict[str, float] = field(default_factory=dict)
+    memo: dict[tuple[str, str, float], float] = field(default_factory=dict, repr=False)  # thresholds found
 
 
 def _float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -167,50 +176,121 @@ def _session(model: onnx.ModelProto, names: Sequence[str]):  # type: ignore[no-u
                               for n in names if n not in have)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4  # failures arrive as exceptions, not raw log lines
+    opts.log_severity_level = 3
     return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True) -> Stats:
-    """Statistics of every float tensor of ``model`` (graph inputs and node outputs) on ``data``."""
-    names = _float_tensors(model)
-    session = _session(model, names)
-    inputs = [i.name for i in session.get_inputs()]
-    stats = Stats(amax=dict.fromkeys(names, 0.0))
+def _exponent(top: float) -> int:
+    """The smallest e with top < GRID * 2**e (exact: from the float's own exponent)."""
+    return int(np.frexp(np.float32(top))[1]) - int(np.log2(GRID))
 
-    def run(feed: Feed) -> dict[str, np.ndarray]:
+
+class _Histogram:
+    """One tensor's |x| counts on the power-of-two grid, merged exactly when the max grows."""
+
+    __slots__ = ("counts", "exp", "top")
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(GRID, np.int64)
+        self.exp: int | None = None
+        self.top = 0.0
+
+    def add(self, a: np.ndarray) -> None:
+        x = np.abs(a.reshape(-1).astype(np.float32, copy=False))
+        top = float(x.max()) if x.size else 0.0
+        if not np.isfinite(top):
+            x = x[np.isfinite(x)]  # inf and nan have no bin
+            top = float(x.max()) if x.size else 0.0
+        if top == 0.0:
+            self.counts[0] += x.size  # zeros are bin 0 on any grid
+            return
+        self.top = max(self.top, top)
+        exp = _exponent(self.top)
+        if self.exp is not None and exp > self.exp:
+            k = exp - self.exp
+            merged = np.zeros(GRID, np.int64)
+            if (1 << k) < GRID:
+                merged[:GRID >> k] = self.counts.reshape(-1, 1 << k).sum(axis=1)
+            else:
+                merged[0] = self.counts.sum()
+            self.counts = merged
+        self.exp = exp if self.exp is None else max(self.exp, exp)
+        np.multiply(x, np.float32(2.0 ** -self.exp), out=x)  # exact: a power of two
+        self.counts += np.bincount(x.astype(np.intp), minlength=GRID)
+
+
+def fixed_batch(session: Any) -> int | None:
+    """The batch an onnxruntime session's inputs fix (exported models: 1), None when it is free."""
+    fixed = [i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+    return min(fixed) if fixed else None
+
+
+def split(feed: Feed, size: int) -> Iterator[Feed]:
+    """``feed`` in slices of ``size`` samples (arrays without a sample axis are passed whole)."""
+    total = min((len(a) for a in feed.values() if np.ndim(a)), default=0)
+    for start in range(0, max(total, 1), size):
+        yield {n: a[start:start + size] if np.ndim(a) else a for n, a in feed.items()}
+
+
+def collect(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]], *, histograms: bool = True,
+            names: Sequence[str] | None = None) -> Stats:
+    """Statistics of the float tensors of ``model`` (graph inputs and node outputs; only ``names``
+    when given) on ``data``, in one pass."""
+    floats = _float_tensors(model)
+    if names is not None:
+        wanted = set(names)
+        floats = [n for n in floats if n in wanted]
+    session = _session(model, floats)
+    inputs = [i.name for i in session.get_inputs()]
+    # Batches are run in slices: of the model's batch when it is fixed (exported models: 1), else
+    # of as many samples as keep the exposed outputs within OUTPUT_BUDGET (measured on one sample).
+    fixed = fixed_batch(session)
+    per_sample = 0
+    hists = {n: _Histogram() for n in floats}
+    count = 0
+    for feed in progress.track(data(), "calibration (batches)"):
+        count += 1
         missing = [n for n in inputs if n not in feed]
         if missing:
             raise CalibrationError(f"calibration data has no array for input(s) {', '.join(missing)}")
-        try:
-            outs = session.run(names, {n: np.asarray(feed[n]) for n in inputs})
-        except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
-            raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
-        return dict(zip(names, outs))
-
-    count = 0
-    for feed in progress.track(data(), "calibration: ranges (batches)"):
-        count += 1
-        for n, a in run(feed).items():
-            if a.size:
-                stats.amax[n] = max(stats.amax[n], float(np.abs(a).max()))
+        arrays = {n: np.asarray(feed[n]) for n in inputs}
+        total = min((len(a) for a in arrays.values() if a.ndim), default=0)
+        start = 0
+        while True:
+            step = fixed or (max(1, OUTPUT_BUDGET // per_sample) if per_sample else 1)
+            part = slice(start, start + step) if total else slice(None)
+            try:
+                outs = session.run(floats, {n: a[part] if a.ndim else a for n, a in arrays.items()})
+            except Exception as e:  # onnxruntime raises its own types for bad shapes and dtypes
+                raise CalibrationError(f"calibration data does not fit the model: {str(e).splitlines()[0]}") from None
+            if total and not per_sample:
+                per_sample = max(1, sum(a.nbytes for a in outs) // max(1, min(step, total - start)))
+            for n, a in zip(floats, outs):
+                if not a.size:
+                    continue
+                if histograms:
+                    hists[n].add(a)
+                else:
+                    hists[n].top = max(hists[n].top, float(np.abs(a).max()))
+            del outs
+            start += step
+            if start >= total:
+                break
     if not count:
         raise CalibrationError("calibration data is empty")
-    if not histograms:
-        return stats
-    stats.hist = {n: np.zeros(BINS, np.int64) for n in names}
-    for feed in progress.track(data(), "calibration: histograms (batches)"):
-        for n, a in run(feed).items():
-            top = stats.amax[n]
-            if a.size and top > 0:
-                idx = np.minimum((np.abs(a.astype(np.float64)).ravel() * (BINS / top)).astype(np.int64), BINS - 1)
-                stats.hist[n] += np.bincount(idx, minlength=BINS)
+    stats = Stats(amax={n: h.top for n, h in hists.items()})
+    if histograms:
+        for n, h in hists.items():
+            if h.exp is not None and h.top > 0:
+                width = 2.0 ** h.exp
+                stats.hist[n] = h.counts[:int(np.floor(h.top / width)) + 1].copy()
+                stats.width[n] = width
     return stats
 
 
 def max_abs(model: onnx.ModelProto, data: Callable[[], Iterable[Feed]]) -> dict[str, float]:
-    """Max |x| per float tensor on ``data`` (one pass, no histograms): the ranges the data-driven
-    fp16 mode compares with its margin (``PassContext.ranges``)."""
+    """Max |x| per float tensor on ``data`` (no histograms): the ranges the data-driven fp16 mode
+    compares with its margin (``PassContext.ranges``)."""
     return collect(model, data, histograms=False).amax
 
 
@@ -261,9 +341,29 @@ def _entropy(hist: np.ndarray, width: float, levels: int = 128) -> float:
     return (i[best] + 0.5) * width if i[best] < n else n * width
 
 
+def _resample(hist: np.ndarray, width: float, top: float, bins: int) -> tuple[np.ndarray, float]:
+    """``hist`` as ``bins`` equal bins on [0, top] (counts split in proportion within a bin)."""
+    cum = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
+    edges = np.linspace(0.0, top, bins + 1) / width
+    return np.diff(np.interp(edges, np.arange(len(hist) + 1), cum)), top / bins
+
+
 def _mse(hist: np.ndarray, width: float) -> float:
-    candidates = np.arange(16, len(hist) + 1, 8) * width
+    candidates = np.arange(16, len(hist) + 1, max(8, len(hist) // 256)) * width  # ~256 thresholds
     return float(candidates[int(np.argmin(_sq_error(hist, width, candidates)))])
+
+
+def _pick(stats: Stats, name: str, method: str, percentile: float) -> float:
+    """One tensor's threshold by percentile, entropy or mse (remembered: auto reuses it), at most
+    max |x| (the last bin reaches past it)."""
+    key = (name, method, percentile)
+    if key not in stats.memo:
+        hist, width = stats.hist[name], stats.width[name]
+        t = (_percentile(hist, width, percentile) if method == "percentile"
+             else _entropy(*_resample(hist, width, stats.amax[name], ENTROPY_BINS)) if method == "entropy"
+             else _mse(hist, width))
+        stats.memo[key] = min(stats.amax[name], float(t))
+    return stats.memo[key]
 
 
 def ranges(stats: Stats, method: str = "entropy", *, percentile: float = 99.99) -> dict[str, float]:
@@ -272,18 +372,13 @@ def ranges(stats: Stats, method: str = "entropy", *, percentile: float = 99.99) 
         raise CalibrationError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
     out: dict[str, float] = {}
     for name, top in stats.amax.items():
-        hist = stats.hist.get(name)
-        if top <= 0 or hist is None or method == "minmax":
+        if top <= 0 or name not in stats.hist or method == "minmax":
             out[name] = top
-            continue
-        width = top / len(hist)
-        pick = {"percentile": lambda: _percentile(hist, width, percentile),
-                "entropy": lambda: _entropy(hist, width), "mse": lambda: _mse(hist, width)}
-        if method == "auto":
-            cands = np.array([top, *(f() for f in pick.values())])
-            out[name] = float(cands[int(np.argmin(_sq_error(hist, width, cands)))])
+        elif method == "auto":
+            cands = np.array([top, *(_pick(stats, name, m, percentile) for m in ("percentile", "entropy", "mse"))])
+            out[name] = float(cands[int(np.argmin(_sq_error(stats.hist[name], stats.width[name], cands)))])
         else:
-            out[name] = float(pick[method]())
+            out[name] = _pick(stats, name, method, percentile)
     return out
 
 

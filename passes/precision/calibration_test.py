@@ -5,10 +5,10 @@ from onnx import TensorProto, helper
 from optgraph.passes.precision import calibration as c
 
 
-def _relu_model():  # type: ignore[no-untyped-def]
+def _relu_model(batch: int | str = "N"):  # type: ignore[no-untyped-def]
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 10
     return m
@@ -27,6 +27,14 @@ def test_statistics_and_ranges_do_not_depend_on_the_batch_split() -> None:
         assert c.ranges(a, method) == c.ranges(b, method)
 
 
+def test_a_fixed_batch_model_is_fed_in_slices_of_its_batch() -> None:
+    # exported models often fix the batch at 1: batches of 5 are run one sample at a time
+    x = np.random.default_rng(3).normal(0, 1, (12, 4)).astype(np.float32)
+    a, b = c.collect(_relu_model(1), _data(x, 5)), c.collect(_relu_model(), _data(x, 12))
+    assert a.amax == b.amax
+    assert all((a.hist[k] == b.hist[k]).all() for k in a.hist)
+
+
 def test_entropy_percentile_and_mse_clip_a_heavy_tail() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (20000, 4)).astype(np.float32)
@@ -39,7 +47,7 @@ def test_entropy_percentile_and_mse_clip_a_heavy_tail() -> None:
         assert t > 2.0, method  # the body of the distribution is kept
     assert c.ranges(stats, "minmax")["x"] == top
     # mse weighs the outlier's own error too; auto picks the least expected error of all methods
-    err = {m: c._sq_error(stats.hist["x"], top / c.BINS, np.array([c.ranges(stats, m)["x"]]))[0] for m in c.METHODS}
+    err = {m: c._sq_error(stats.hist["x"], stats.width["x"], np.array([c.ranges(stats, m)["x"]]))[0] for m in c.METHODS}
     assert err["auto"] == min(err.values())
 
 
@@ -95,3 +103,18 @@ def test_entropy_matches_the_candidate_by_candidate_search() -> None:
         h = np.bincount(np.minimum((x / x.max() * 512).astype(int), 511), minlength=512)
         i = _entropy_reference(h)
         assert c._entropy(h, 1.0) == ((i + 0.5) if i < 512 else 512)
+
+
+def test_histogram_merged_as_the_max_grows_equals_one_counted_on_the_final_grid() -> None:
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(0, s, 5000).astype(np.float32) for s in (0.01, 1.0, 0.1, 300.0)]
+    grown = c._Histogram()
+    for p in parts:
+        grown.add(p)
+    once = c._Histogram()
+    once.add(np.concatenate(parts))
+    assert grown.exp == once.exp and grown.top == once.top
+    assert (grown.counts == once.counts).all()
+    width = 2.0 ** once.exp
+    assert once.top < c.GRID * width <= 2 * once.top  # the data spans at least half the grid
+    assert once.counts.sum() == 20000

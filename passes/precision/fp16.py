@@ -14,7 +14,9 @@ tensors have in the ONNX graph. This pass writes it there:
 
 Nodes with subgraphs (If/Loop/Scan) and their bodies stay float32; values they capture from the
 main graph are read in float32. A call of a model-local function runs in low precision when its
-body is made only of type-generic ONNX ops (optgraph's fused Conv+activation units are).
+body is made only of type-generic ONNX ops (optgraph's fused Conv+activation units are); a body
+whose float Constants (a Clip's bounds) fit the target type is called through a low-precision copy
+of the function (``<name>_fp16``), made once, with those Constants converted.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from optgraph import ir
+from optgraph.ir.serde import function_proto
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
 from optgraph.passes.shapes import ShapeInference
@@ -114,6 +118,11 @@ class _MixedPrecision(Pass):
         stats = counter()
         if plans:
             _Converter(model.graph, self.target, self.options.keep_io, stats).convert(plans)
+            for node in plans:
+                fn = model.functions.get((node.domain, node.op_type, node.overload))
+                if fn is not None and _float_constants(fn.graph):
+                    node.op_type = _low_function(model, fn, self.target).name
+                    stats["function_calls_retyped"] += 1
         stats["nodes_low_precision"] = len(plans)
         return PassResult(bool(stats["casts_inserted"] or stats["nodes_converted"]), stats)
 
@@ -180,15 +189,64 @@ class _MixedPrecision(Pass):
         return _Plan(ins, outs)
 
 
+def _float_constants(graph: ir.Graph) -> list[ir.Node]:
+    """The body's Constant nodes that make float32 tensors."""
+    return [n for n in graph if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+            and n.outputs[0] is not None and (n.attr("value_float") is not None or n.attr("value_floats") is not None
+                                              or (n.attr("value") is not None and n.attr("value").dtype == FLOAT))]
+
+
+def _constant_value(node: ir.Node) -> np.ndarray:
+    for name in ("value_float", "value_floats"):
+        if node.attr(name) is not None:
+            return np.asarray(node.attr(name), np.float32)
+    return np.asarray(node.attr("value").numpy())
+
+
 def _body_convertible(graph: ir.Graph, opset: int, target: int) -> bool:
-    """A function body whose ops are all type-generic: it computes in whatever type it is given."""
+    """A function body whose ops are all type-generic: it computes in whatever type it is given.
+    Float Constants are allowed when their values fit the target type (the call then goes through
+    a copy of the function with them converted)."""
+    floats = set(_float_constants(graph))
+    limit = _TARGETS[target][2]
     for node in graph.all_nodes():
+        if node in floats:
+            value = _constant_value(node)
+            if value.size and not np.nanmax(np.abs(value)) <= limit:
+                return False
+            continue
         if node.domain not in ("", "ai.onnx") or node.op_type in _TYPED_BODY_OPS or node.subgraphs():
             return False
         slots = _schema_slots(node.domain, node.op_type, opset, target)
         if slots is None or "tensor(float)" in ",".join(slots[0]):
             return False
     return True
+
+
+def _low_function(model: ir.Model, fn: ir.Function, target: int) -> ir.Function:
+    """``fn`` with its float Constants in ``target``: added to the model once, under a new name."""
+    suffix = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}[target]
+    key = (fn.domain, f"{fn.name}_{suffix}", fn.overload)
+    if key in model.functions:
+        return model.functions[key]
+    fp = function_proto(fn)
+    fp.name = key[1]
+    del fp.value_info[:]  # float32 types of the original body
+    low = _TARGETS[target][1]
+    for node in fp.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for i, a in enumerate(node.attribute):
+            if a.name in ("value_float", "value_floats") or (a.name == "value" and a.t.data_type == FLOAT):
+                array = (numpy_helper.to_array(a.t) if a.name == "value"
+                         else np.asarray(a.f if a.name == "value_float" else list(a.floats), np.float32))
+                node.attribute[i].CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(
+                    array.astype(low), a.t.name if a.name == "value" else "")))
+    shell = onnx.helper.make_model(onnx.helper.make_graph([], "shell", [], []), functions=[fp],
+                                   opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()])
+    new = ir.from_proto(shell).functions[key]
+    model.functions[key] = new
+    return new
 
 
 def _overflows(value: ir.Value | None, limit: float) -> bool:

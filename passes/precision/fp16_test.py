@@ -299,3 +299,39 @@ def test_tensorrt_builds_the_fp16_result_in_half():
     tensors = result.report.precision()["tensors"]
     print(f"digits_cnn fp16 engine: {result.report.num_layers} layers, tensors {tensors}")
     assert tensors.get("Half", 0) > tensors.get("Float", 0), tensors
+
+
+def test_function_with_float_constants_runs_through_a_low_precision_copy():
+    # fuse-conv-act's Conv+Clip unit carries the Clip bounds as float Constants in its body (ReLU6
+    # of MobileNet): the call goes through one fp16 copy of the function, the original stays.
+    rng = np.random.default_rng(0)
+    w, w2 = (rng.normal(0, 1, (4, c, 3, 3)).astype(np.float32) for c in (3, 4))
+    text = """
+    <ir_version: 8, opset_import: ["" : 17, "optgraph" : 1]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 4, 4] y) {
+        a = optgraph.ConvClip(x, w)
+        b = Relu(a)
+        y = optgraph.ConvClip(b, w2)
+    }
+    <domain: "optgraph", opset_import: ["" : 17]>
+    ConvClip (X, W) => (Y) {
+        c = Conv(X, W)
+        lo = Constant <value = float {0.0}> ()
+        hi = Constant <value_float = 6.0> ()
+        Y = Clip(c, lo, hi)
+    }
+    """
+    proto = parser.parse_model(text)
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(w2, "w2")])
+    model = ir.from_proto(copy.deepcopy(proto))
+    run_passes(model, "fp16", verify_each=True)
+    out = ir.to_proto(model)
+    onnx.checker.check_model(out)
+    calls = [n for n in out.graph.node if n.domain == "optgraph"]
+    assert [n.op_type for n in calls] == ["ConvClip_fp16", "ConvClip_fp16"]
+    assert sorted(f.name for f in out.functions) == ["ConvClip", "ConvClip_fp16"]
+    low = next(f for f in out.functions if f.name == "ConvClip_fp16")
+    consts = [n for n in low.node if n.op_type == "Constant"]
+    assert all(a.name == "value" and a.t.data_type == TensorProto.FLOAT16 for n in consts for a in n.attribute)
+    assert _ops(out)["Cast"] == 2  # the input and the output: the whole chain runs in fp16
+    assert compare(proto, out, rtol=FP16_RTOL, atol=FP16_ATOL, n_inputs=2)

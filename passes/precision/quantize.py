@@ -71,6 +71,18 @@ def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
     return (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
 
 
+def calibrated_tensors(model: ir.Model) -> list[str]:
+    """The activations whose ranges the pass may read (a compute layer's input, an Add's inputs):
+    calibration needs statistics of these only."""
+    names: dict[str, None] = {}
+    for node in model.graph:
+        if _kind(node) is not None and node.inputs and node.inputs[0] is not None:
+            names[node.inputs[0].name] = None
+        elif node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+            names.update((v.name, None) for v in node.inputs if v is not None and v.const is None)
+    return list(names)
+
+
 @register
 class QuantizeInt8(Pass):
     """Insert Q/DQ for TensorRT INT8 (symmetric; activations per tensor, weights per channel)."""
