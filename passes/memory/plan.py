@@ -40,7 +40,7 @@ from optgraph import ir
 from optgraph.ir.opset import IN_PLACE, is_onnx
 from optgraph.ir.order import outer_inputs
 from optgraph.passes.base import Pass, PassContext, PassResult
-from optgraph.passes.liveness import (Liveness, TensorInfo, TensorInfos, is_activation, live_profile, liveness,
+from optgraph.passes.memory.liveness import (Liveness, TensorInfo, TensorInfos, is_activation, live_profile, liveness,
                                       tensor_infos)
 from optgraph.passes.registry import register
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from onnx import parser
 
 from optgraph import ir
-from optgraph.passes import PassContext, PassResult, dce
+from optgraph.passes import PassContext, PassResult
+from optgraph.passes.cleanup import dce
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import models

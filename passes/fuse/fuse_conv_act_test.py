@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from onnx import parser
 
 from optgraph import ir
-from optgraph.passes import fuse_conv_act
+from optgraph.passes.fuse import fuse_conv_act
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, assert_same_structure, rewrite_text
 from optgraph.passes.testing.strategies import DrawFn, GraphBuilder, conv

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import fuse_horizontal
+from optgraph.passes.fuse import fuse_horizontal
 from optgraph.passes.testing import assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 

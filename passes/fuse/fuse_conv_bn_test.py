@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from onnx import helper, parser
 
 from optgraph import ir
-from optgraph.passes import fuse_conv_bn, run_passes
+from optgraph.passes import run_passes
+from optgraph.passes.fuse import fuse_conv_bn
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import DrawFn, GraphBuilder, batchnorm, conv, gemm, matmul, param

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import concat
+from optgraph.passes.fuse import concat
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import INT64_MAX, DrawFn, GraphBuilder, activation, ints

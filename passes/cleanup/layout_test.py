@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import layout
+from optgraph.passes.cleanup import layout
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import rewrite_text
 from optgraph.passes.testing.strategies import MOTIFS, models, reshape, transpose

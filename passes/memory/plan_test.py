@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from optgraph import ir
 from optgraph.passes import PipelineError, run_passes
-from optgraph.passes import memory_plan as mp
-from optgraph.passes.liveness import tensor_infos
-from optgraph.passes.memory_plan import (ORDERS, STRATEGIES, MemoryPlan, PlanError, check_plan, memory_order,
+from optgraph.passes.memory import plan as mp
+from optgraph.passes.memory.liveness import tensor_infos
+from optgraph.passes.memory.plan import (ORDERS, STRATEGIES, MemoryPlan, PlanError, check_plan, memory_order,
                                          plan_memory)
 from optgraph.passes.testing.strategies import MOTIFS, GraphBuilder, activation, conv, models
 from optgraph.runtime.executor import ExecutionError, check_by_execution
