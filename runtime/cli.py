@@ -268,7 +268,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
     from optgraph.passes.memory.liveness import TensorInfos
-    from optgraph.passes.memory.plan import check_plan, format_plan, plan_memory, plot_plan
+    from optgraph.passes.memory import check_plan, format_plan, plan_memory, plot_plan
 
     steps = parse_pipeline(args.passes)
     for out in filter(None, (args.json, args.plot)):
