@@ -97,18 +97,13 @@ def _complete(v: ir.Value) -> bool:
 
 def _inference_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as onnx's inference needs it: large initializers by type only."""
-    graph = model.graph
-    inits = graph.initializers
-    small = {k: v for k, v in inits.items() if v.const is not None and v.const.size <= SMALL_CONSTANT
-             and not v.const.is_external}
-    graph.initializers = small  # swapped only while serializing, so weights are never copied
-    try:
-        proto = ir.to_proto(model)
-    finally:
-        graph.initializers = inits
+    def small(v: ir.Value) -> bool:
+        return v.const is not None and v.const.size <= SMALL_CONSTANT and not v.const.is_external
+
+    proto = ir.to_proto(model, initializers=small)  # weights are never copied
     declared = {vi.name for vi in proto.graph.input}
-    for name, v in inits.items():
-        if name not in small and name not in declared:
+    for name, v in model.graph.initializers.items():
+        if not small(v) and name not in declared:
             proto.graph.input.append(onnx.helper.make_tensor_value_info(name, v.dtype, v.shape))
     return proto
 
