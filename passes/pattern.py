@@ -552,9 +552,8 @@ class RewritePass(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         trace: list[str] | None = [] if self.options.trace else None
         stats = apply_rules(model, self.selected_rules(), max_rewrites=self.options.max_rewrites, trace=trace)
-        if trace is not None:
-            ctx.results.setdefault("trace", {})[self.name] = trace
-        return PassResult(any(k != "not_converged" for k in stats), dict(sorted(stats.items())))
+        return PassResult(any(k != "not_converged" for k in stats), dict(sorted(stats.items())),
+                          {"trace": trace} if trace is not None else {})
 
 
 __all__ = [

@@ -213,7 +213,7 @@ def test_trace_goes_to_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
     registry.register(Arith)
     model = load("g (float[2] x) => (float[2] y) <float[2] two = {2.0, 2.0}> { y = Mul(x, two) }")
     report = run_passes(model, "test-arith{trace=true}")
-    assert report.results["trace"]["test-arith"] == ["mul-one at Mul: the constant is not all ones"]
+    assert report.results["test-arith"]["trace"] == ["mul-one at Mul: the constant is not all ones"]
     assert report.to_dict()["totals"] == {}
 
 
@@ -316,7 +316,7 @@ def test_the_pass_author_guide_example(monkeypatch: pytest.MonkeyPatch) -> None:
           y = Mul(t, b)
         }'''
     report = assert_rewrites_to("merge-scales{trace=true}", refused, refused)
-    assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["trace"]["merge-scales"]
+    assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["merge-scales"]["trace"]
 
 
 def test_ops_of_other_domains_are_not_candidates() -> None:

@@ -91,7 +91,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args.model)
     after_each = _first_mismatch_guard(args.model, args) if args.check_each else None
     ctx = PassContext(dims=_dims(args.dim))
-    report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
+    manager = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx)
+    try:
+        report = manager.run(model)
+    except Exception as e:
+        if args.reproducer and manager.failed is not None:
+            from optgraph.runtime import reproducer
+
+            reproducer.save(args.reproducer, args.model, args.passes or "default", manager.failed, e)
+            print(f"optgraph: reproducer saved in {args.reproducer}", file=sys.stderr)
+        raise
     check = None
     if args.check:
         from optgraph.passes.testing.oracle import compare
@@ -329,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
                      help="write tensors to OUTPUT.data (auto: when the input had external data or is > 2 GB)")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    run.add_argument("--reproducer", metavar="DIR",
+                     help="when a pass fails, save the input model and the pipeline to DIR to rerun it")
     oracle_options(run)
     tolerances(run)
     run.set_defaults(func=cmd_run)

@@ -21,6 +21,7 @@ from optgraph import ir
 from optgraph.ir.opset import COMMUTATIVE, RANDOM_OPS
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
+from optgraph.passes.shapes import ShapeInference
 
 _DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
@@ -74,7 +75,7 @@ class _Digests:
 class CommonSubexpressionElimination(Pass):
     name = "cse"
     description = "Merge nodes with the same op, attributes and inputs, and initializers with equal contents"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -15,6 +15,7 @@ from optgraph import ir
 from optgraph.ir import opset as ops
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
+from optgraph.passes.shapes import ShapeInference
 
 # Ops whose optional outputs switch the computation itself (BatchNormalization before opset 14
 # computes in training mode exactly when its statistics outputs are present).
@@ -63,7 +64,7 @@ class DeadCodeElimination(Pass):
     name = "remove-dead"
     description = ("Remove nodes whose outputs reach no graph output, unused initializers, unused optional "
                    "outputs and uncalled model-local functions")
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()

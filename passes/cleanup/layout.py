@@ -87,7 +87,7 @@ def single_op(source: tuple[int, ...], result: np.ndarray) -> tuple[str, list[in
 class SimplifyLayout(Pass):
     name = "simplify-layout"
     description = "Collapse Reshape/Transpose chains and Reshapes around elementwise ops into single ops"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     @dataclass
     class Options:

@@ -21,7 +21,7 @@ from optgraph.ir import opset as ops
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import shape_of
+from optgraph.passes.shapes import ShapeInference, shape_of
 
 INT64_MAX = 2**63 - 1
 
@@ -189,7 +189,7 @@ _CHECKS = {
 class RemoveNoOps(Pass):
     name = "remove-noops"
     description = "Remove Identity and nodes that are no-ops at inference (Dropout, same-type Cast, x+0, ...)"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()

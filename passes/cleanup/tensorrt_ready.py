@@ -20,7 +20,7 @@ from optgraph.ir.opset import is_onnx
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import shape_of
+from optgraph.passes.shapes import ShapeInference, shape_of
 
 _GLOBAL = {"AveragePool": "GlobalAveragePool", "MaxPool": "GlobalMaxPool", "LpPool": "GlobalLpPool"}
 
@@ -58,7 +58,7 @@ def pools_whole_input(node: ir.Node, shape: Shape | None) -> bool:
 class TensorRTReady(Pass):
     name = "tensorrt-ready"
     description = "Rewrite what TensorRT's ONNX parser rejects (whole-input pools become global pools)"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()

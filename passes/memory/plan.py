@@ -19,7 +19,7 @@ from optgraph.passes.registry import register
 class PlanMemory(Pass):
     name = "plan-memory"
     description = "Plan activation memory: arena offsets by lifetime, in-place and concat aliases"
-    kind = "analysis"
+    kind = "annotation"  # with attach, the plan is written into the model's metadata
 
     @dataclass
     class Options:
@@ -43,9 +43,8 @@ class PlanMemory(Pass):
         o = self.options
         plan = plan_memory(model, ctx.get(TensorInfos), strategy=o.strategy, order=o.order, alignment=o.alignment,
                            inplace=o.inplace, concat=o.concat, split=o.split, dims=ctx.dims)
-        ctx.results[self.name] = plan.summary()
         if o.attach:
             model.metadata_props[METADATA_KEY] = json.dumps(plan.to_json(), separators=(",", ":"))
         stats = {"arena_bytes": plan.arena_size, "lower_bound_bytes": plan.lower_bound,
                  "aliases": len(plan.aliases)}
-        return PassResult(o.attach, stats)
+        return PassResult(o.attach, stats, plan.summary())
