@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from onnx import parser
 
@@ -12,6 +12,7 @@ from optgraph import ir
 from optgraph.passes.fuse import fuse_conv_act
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, assert_same_structure, rewrite_text
+from optgraph.passes.testing.mutants import assert_mutant_caught
 from optgraph.passes.testing.strategies import DrawFn, GraphBuilder, conv
 
 NEWEST = onnx.defs.onnx_opset_version()
@@ -178,10 +179,6 @@ def test_random_graphs_stay_equivalent_fused_and_inlined(model: onnx.ModelProto)
     assert_equivalent(model, inlined)
 
 
-NO_SHRINK = settings(max_examples=60, phases=[Phase.generate], database=None, derandomize=True,
-                     suppress_health_check=list(HealthCheck))
-
-
 @pytest.mark.parametrize("broken", ["activation_attributes_dropped", "signature_ignores_attributes"])
 def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if broken == "activation_attributes_dropped":
@@ -197,10 +194,4 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
     else:
         monkeypatch.setattr(fuse_conv_act, "attrs_key", lambda node: ())
 
-    @NO_SHRINK
-    @given(models(motifs=["conv_act"], ops=[], opsets=[13, 17], min_nodes=6))
-    def prop(model: onnx.ModelProto) -> None:
-        check_pass("fuse-conv-act", model)
-
-    with pytest.raises(AssertionError, match="differs|fails"):
-        prop()
+    assert_mutant_caught("fuse-conv-act", models(motifs=["conv_act"], ops=[], opsets=[13, 17], min_nodes=6))
