@@ -20,8 +20,9 @@ METADATA_KEY = "optgraph.memory_plan"
 
 
 
-class PlanError(ir.OptGraphError):
-    """A memory plan that does not fit the model (bad JSON, unknown tensors, bad options)."""
+class PlanError(ir.OptGraphError, ValueError):
+    """A memory plan that does not fit the model (bad JSON, unknown tensors), or bad options (a
+    ValueError too, so a pipeline spec reports it when it is parsed)."""
 
 
 @dataclass(frozen=True)

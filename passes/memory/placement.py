@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from optgraph.passes.memory.grouping import Group
-from optgraph.passes.memory.model import PlanError, STRATEGIES
 
 
 class _TimeIndex:
@@ -102,13 +101,11 @@ def place(groups: Sequence[Group], n_steps: int, strategy: str, alignment: int,
     """Base offsets for ``groups`` (in their order) and the arena size, by ``strategy``."""
     if strategy == "greedy-size":
         order = sorted(range(len(groups)), key=lambda i: (-groups[i].size, _span(groups[i])[0], groups[i].index))
-    elif strategy == "greedy-breadth":
+    else:  # greedy-breadth (PlanOptions checks the name)
         table = _range_max(profile) if len(profile) else []
         peaks = [_peak(table, *_span(g)) if g.segments else 0 for g in groups]
         order = sorted(range(len(groups)), key=lambda i: (-peaks[i], _span(groups[i])[0], -groups[i].size,
                                                           groups[i].index))
-    else:
-        raise PlanError(f"unknown strategy '{strategy}' (strategies: {', '.join(STRATEGIES)})")
     index = _TimeIndex(n_steps)
     offsets = [0] * len(groups)
     arena = 0

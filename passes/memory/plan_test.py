@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from optgraph import ir
 from optgraph.passes import PipelineError, run_passes
 from optgraph.ir.opset import IN_PLACE, is_onnx
-from optgraph.passes.memory import (METADATA_KEY, ORDERS, STRATEGIES, Alias, MemoryPlan, PlanError, check_plan,
-                                    memory_order, placement, plan_memory, planner)
+from optgraph.passes.memory import (METADATA_KEY, ORDERS, STRATEGIES, Alias, MemoryPlan, PlanError, PlanMemory,
+                                    PlanOptions, check_plan, format_plan, memory_order, placement, plan_memory,
+                                    planner)
 from optgraph.passes.memory import aliases as alias_rules
 from optgraph.passes.memory.liveness import tensor_infos
 from optgraph.passes.testing.strategies import MOTIFS, GraphBuilder, activation, conv, models
@@ -259,6 +260,28 @@ def test_the_pass_reports_a_summary_and_can_attach_the_plan():
     assert attached["arena_bytes"] == summary["arena_bytes"] and attached["tensors"]
     with pytest.raises(PipelineError, match="strategy"):
         run_passes(inception(), "plan-memory{strategy=nope}")
+
+
+def test_one_options_class_serves_the_api_the_pass_and_the_command(tmp_path, capsys):
+    """PlanOptions checks once; the pass's options extend it; optgraph plan's arguments come from it."""
+    message = "alignment must be at least 1, got 0"
+    with pytest.raises(PlanError, match=message):
+        plan(inception(), alignment=0)
+    with pytest.raises(PipelineError, match=message):
+        run_passes(inception(), "plan-memory{alignment=0}")
+    path = tmp_path / "m.onnx"
+    ir.save(inception(), path)
+    assert main(["plan", str(path), "--dim", "N=2", "--alignment", "0"]) == 2
+    assert message in capsys.readouterr().err
+    assert {f.name for f in dataclasses.fields(PlanOptions)} < {f.name for f in dataclasses.fields(PlanMemory.Options)}
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    usage = capsys.readouterr().out
+    for f in dataclasses.fields(PlanOptions):
+        assert (f"--no-{f.name}" if f.default is True else f"--{f.name}") in usage
+    assert main(["plan", str(path), "--dim", "N=2", "--no-inplace", "--order", "memory"]) == 0
+    expected = format_plan(plan(inception(), inplace=False, order="memory"))
+    assert capsys.readouterr().out.strip() == expected
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,8 +26,10 @@ schedule with a lower one. See docs/memory-planning.md for the JSON form of a pl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +37,8 @@ from optgraph import ir
 from optgraph.passes.memory.aliases import concat_aliases, inplace_aliases, split_aliases
 from optgraph.passes.memory.grouping import Group, group_tensors
 from optgraph.passes.memory.liveness import Liveness, TensorInfo, live_profile, liveness
-from optgraph.passes.memory.model import Alias, MemoryPlan, ORDERS, Placement, PlanError, STRATEGIES
+from optgraph.passes.memory.model import STRATEGIES, Alias, MemoryPlan, Placement
+from optgraph.passes.memory.options import PlanOptions
 from optgraph.passes.memory.order import memory_order
 from optgraph.passes.memory.placement import align, place
 
@@ -68,20 +71,17 @@ def _layout(model: ir.Model, schedule: list[ir.Node], infos: Mapping[ir.Value, T
     return _Layout(live, parent, groups, where, profile)
 
 
-def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strategy: str = "greedy-breadth",
-                order: str = "file", alignment: int = 256, inplace: bool = True, concat: bool = True,
-                split: bool = True, dims: Mapping[str, int] | None = None) -> MemoryPlan:
-    """Plan the main graph's activations into one arena.
+def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], options: PlanOptions | None = None, *,
+                dims: Mapping[str, int] | None = None, **overrides: Any) -> MemoryPlan:
+    """Plan the main graph's activations into one arena. ``overrides`` are PlanOptions fields
+    (``plan_memory(model, infos, order="memory")``).
 
     ``order="memory"`` runs the nodes in ``memory_order`` when that lowers the lower bound, and
     in file order otherwise, so it never does worse than the file.
     """
-    if strategy not in STRATEGIES:
-        raise PlanError(f"unknown strategy '{strategy}' (strategies: {', '.join(STRATEGIES)})")
-    if order not in ORDERS:
-        raise PlanError(f"unknown order '{order}' (orders: {', '.join(ORDERS)})")
-    if alignment < 1:
-        raise PlanError(f"alignment must be at least 1, got {alignment}")
+    o = dataclasses.replace(options or PlanOptions(), **overrides)  # checked by PlanOptions
+    strategy, order, alignment, inplace, concat, split = (o.strategy, o.order, o.alignment, o.inplace, o.concat,
+                                                          o.split)
     file_layout = layout = _layout(model, list(model.graph), infos, inplace=inplace, concat=concat, split=split)
     used = "file"
     if order == "memory":
