@@ -194,11 +194,13 @@ class RemoveNoOps(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
         finder = _Finder(ctx)
+        root = ir.Rewriter(model.graph)
         for graph, opset in ops.graphs_with_opset(model):
+            rw = root.on(graph)
             for node in graph:
                 x = finder.find(node, opset)
-                if x is None or not graph.replace_if_free(node.output, x):
+                if x is None or not rw.replace_if_free(node.output, x):
                     continue
-                graph.remove(node)
+                rw.remove(node)
                 stats[f"{node.op_type}_removed"] += 1
-        return PassResult(bool(stats), stats)
+        return PassResult(root.changed, stats)
