@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from optgraph.ir.core import Graph, Model, Node, Value
+from optgraph.ir.core import Function, Graph, Model, Node, Value
 from optgraph.ir.opset import removable
 from optgraph.ir.tensor import Tensor
 
 Listener = Callable[[str, Any], None]
 """Called with the kind of edit ("create", "replace", "remove", "input", "attr", "metadata",
-"type", "output", "order", "function") and the node or value it concerns."""
+"type", "output", "order", "function", "opset") and what it concerns."""
 
 
 class _Record:
@@ -163,7 +163,19 @@ class Rewriter:
         node.name = name
         self._did("attr", node)
 
-    # --- functions ----------------------------------------------------------------------------
+    # --- functions and opsets -----------------------------------------------------------------
+    def add_function(self, model: Model, fn: Function) -> None:
+        """Add a model-local function, importing its domain (version 1) and IR version 8 if needed."""
+        model.functions[fn.key] = fn
+        model.opset_imports.setdefault(fn.domain, 1)
+        model.ir_version = max(model.ir_version, 8)  # model-local functions came with IR version 8
+        self._did("function", fn)
+
     def remove_function(self, model: Model, key: tuple[str, str, str]) -> None:
         del model.functions[key]
         self._did("function", key)
+
+    def drop_opset(self, model: Model, domain: str) -> None:
+        """Stop importing ``domain`` (no node or function may still use it)."""
+        if model.opset_imports.pop(domain, None) is not None:
+            self._did("opset", domain)

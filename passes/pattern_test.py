@@ -8,8 +8,8 @@ from onnx import parser
 
 from optgraph import ir
 from optgraph.passes import PassContext, PipelineError, parse_pipeline, registry, run_passes
-from optgraph.passes.pattern import (Match, MatchResult, RewritePass, Rewriter, Rule, Var, apply_rules,
-                                     match_pattern, op)
+from optgraph.passes.pattern import (Match, MatchResult, RewritePass, Rewriter, Rule, RuleEditError, Var,
+                                     apply_rules, match_pattern, op)
 from optgraph.passes.testing import assert_equivalent
 from optgraph.passes.testing.golden import assert_rewrites_to
 
@@ -329,3 +329,35 @@ def test_ops_of_other_domains_are_not_candidates() -> None:
         }"""))
     assert apply_rules(model, [DoubleNeg()]) == {"double-neg": 1}
     assert [n.domain for n in model.graph] == ["acme", "acme", ""]
+
+
+class EditsInRewrite(Rule):
+    """A rule that edits the graph itself (sets an input of a node outside its replacement)."""
+
+    name = "edits-in-rewrite"
+    pattern = op.Neg(op.Neg(Var("x")))
+
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        rw.set_input(m.root, 0, m.value("x"))
+        return m.value("x")
+
+
+def test_a_rule_builds_and_the_driver_edits() -> None:
+    model = load("""
+        g (float[2] x) => (float[2] y) {
+          a = Neg(x)
+          y = Neg(a)
+        }""")
+    with pytest.raises(RuleEditError, match="'edits-in-rewrite' made a 'input' edit"):
+        apply_rules(model, [EditsInRewrite()])
+    model = load("""
+        g (float[2] x) => (float[2] y) {
+          a = Neg(x)
+          b = Neg(a)
+          y = Relu(b)
+        }""")
+    rw = ir.Rewriter(model.graph)
+    heard: list[str] = []
+    rw.listen(lambda kind, obj: heard.append(kind))
+    assert apply_rules(model, [DoubleNeg()], rewriter=rw) == {"double-neg": 1}
+    assert rw.changed and heard == ["replace", "remove", "remove"] and ops(model) == ["Relu"]

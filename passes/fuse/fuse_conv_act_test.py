@@ -184,9 +184,9 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
     if broken == "activation_attributes_dropped":
         real = fuse_conv_act.fused_function
 
-        def wrong(model, conv, tail, bias):  # type: ignore[no-untyped-def]
-            name = real(model, conv, tail, bias)
-            *_, body_act = model.functions[("optgraph", name, "")].graph
+        def wrong(rw, conv, tail, bias):  # type: ignore[no-untyped-def]
+            name = real(rw, conv, tail, bias)
+            *_, body_act = rw.model.functions[("optgraph", name, "")].graph
             for key in list(body_act.attrs):
                 body_act.del_attr(key)
             return name
