@@ -122,10 +122,6 @@ class Rewriter:
             value.shape = shape
         self._did("type", value)
 
-    def set_output(self, i: int, value: Value) -> None:
-        self.graph.set_output(i, value)
-        self._did("output", value)
-
     def reorder(self, order: list[Node]) -> None:
         """Relink the graph's nodes in ``order`` (a topological permutation of them)."""
         self.graph.reorder(order)
@@ -159,9 +155,9 @@ class Rewriter:
         node.set_metadata(key, value)
         self._did("metadata", node)
 
-    def set_name(self, node: Node, name: str) -> None:
-        node.name = name
-        self._did("attr", node)
+    def set_model_metadata(self, model: Model, key: str, value: str) -> None:
+        model.metadata_props[key] = value
+        self._did("metadata", model)
 
     # --- functions and opsets -----------------------------------------------------------------
     def add_function(self, model: Model, fn: Function) -> None:

@@ -534,3 +534,27 @@ def test_attribute_and_metadata_edits_on_a_loaded_node_are_saved() -> None:
     node = next(iter(again.graph))
     node.set_metadata("origin", None)
     assert {p.key: p.value for p in ir.to_proto(again).graph.node[0].metadata_props} == {"pass": "test"}
+
+
+def test_the_rewriter_records_every_edit_and_shares_its_record() -> None:
+    model = _loaded_leaky_relu()
+    node = next(iter(model.graph))
+    rw = ir.Rewriter(model.graph)
+    heard: list[str] = []
+    rw.listen(lambda kind, obj: heard.append(kind))
+    assert not rw.changed
+    rw.set_input(node, 0, node.inputs[0])  # the same value: no edit
+    assert not rw.changed and heard == []
+    rw.set_attr(node, "alpha", 0.2)
+    rw.set_metadata(node, "origin", None)
+    neg = rw.make_node("Neg", [node.inputs[0]])
+    rw.replace(node.output, neg.output)
+    rw.remove(node)
+    sub = ir.Rewriter(ir.Graph("other"))
+    assert rw.on(model.graph) is rw and not sub.changed
+    other = rw.on(ir.Graph("body"))
+    assert other.changed  # one record
+    assert heard == ["attr", "metadata", "create", "replace", "remove"]
+    ir.verify(model)
+    saved = ir.to_proto(model).graph
+    assert [n.op_type for n in saved.node] == ["Neg"] and saved.output[0].name == "y"

@@ -29,8 +29,9 @@ class PlanMemory(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         o = self.options
         plan = plan_memory(model, ctx.get(TensorInfos), o, dims=ctx.dims)
+        rw = ir.Rewriter(model.graph)
         if o.attach:
-            model.metadata_props[METADATA_KEY] = json.dumps(plan.to_json(), separators=(",", ":"))
+            rw.set_model_metadata(model, METADATA_KEY, json.dumps(plan.to_json(), separators=(",", ":")))
         stats = {"arena_bytes": plan.arena_size, "lower_bound_bytes": plan.lower_bound,
                  "aliases": len(plan.aliases)}
-        return PassResult(o.attach, stats, plan.summary())
+        return PassResult(rw.changed, stats, plan.summary())
