@@ -725,14 +725,6 @@ class Graph:
         return (value.producer is not None and value.producer.graph is self and not value.is_graph_output
                 and not value.is_graph_input and value.const is None)
 
-    def replace_if_free(self, old: Value, new: Value) -> bool:
-        """``replace_value(old, new)`` unless that would need an Identity to keep a graph output's
-        name; returns whether it replaced."""
-        if old.is_graph_output and not self.can_take_name(new):
-            return False
-        self.replace_value(old, new)
-        return True
-
     def reorder(self, order: list[Node]) -> None:
         """Relink this graph's nodes in ``order`` (a permutation of them; ``ir.order.sort`` passes
         a topological one)."""

@@ -107,9 +107,13 @@ class Rewriter:
         self.graph.replace_value(old, new)
         self._did("replace", new)
 
+    def is_free(self, old: Value, new: Value) -> bool:
+        """Whether ``replace(old, new)`` needs no Identity to keep a graph output's name."""
+        return not old.is_graph_output or self.graph.can_take_name(new)
+
     def replace_if_free(self, old: Value, new: Value) -> bool:
         """``replace`` unless that needs an Identity to keep a graph output's name; whether it replaced."""
-        if old.is_graph_output and not self.graph.can_take_name(new):
+        if not self.is_free(old, new):
             return False
         self.replace(old, new)
         return True

@@ -147,7 +147,7 @@ class CommonSubexpressionElimination(Pass):
 def _rewire(rw: ir.Rewriter, dup: ir.Node, kept: ir.Node) -> bool:
     """Point ``dup``'s consumers at ``kept``'s outputs, unless a graph output would need an Identity."""
     pairs = [(d, k) for d, k in zip(dup.outputs, kept.outputs) if d is not None and k is not None]
-    if any(d.is_graph_output and not rw.graph.can_take_name(k) for d, k in pairs):
+    if not all(rw.is_free(d, k) for d, k in pairs):
         return False
     for d, k in pairs:
         rw.replace(d, k)

@@ -171,7 +171,7 @@ class SimplifyLayout(Pass):
         x, last = stretch[0].inputs[0], stretch[-1]
         assert x is not None
         if op == "Identity":
-            if last.output.is_graph_output and not rw.graph.can_take_name(x):
+            if not rw.is_free(last.output, x):
                 return False  # a new node's output could always take the name
             new = x
         elif op == "Transpose":
