@@ -159,6 +159,10 @@ class Rewriter:
         node.set_metadata(key, value)
         self._did("metadata", node)
 
+    def set_doc_string(self, node: Node, text: str) -> None:
+        node.doc_string = text
+        self._did("metadata", node)
+
     def set_model_metadata(self, model: Model, key: str, value: str) -> None:
         model.metadata_props[key] = value
         self._did("metadata", model)
