@@ -483,7 +483,12 @@ def _apply(model: ir.Model, root: ir.Rewriter, rule: Rule, m: Match, env: Env) -
     assert m.anchor is not None
     graph = root.graph
     rw = Rewriter(model, graph, m.anchor, parent=root, rule=rule.name)
+    before = [(n.inputs, tuple(n.attrs.values())) for n in m.nodes]
     result = rule.rewrite(m, rw)
+    for node, (inputs, attrs) in zip(m.nodes, before):  # edits that went around the rewriter
+        if node.graph is not graph or node.inputs != inputs or tuple(node.attrs.values()) != attrs:
+            raise RuleEditError(f"rule '{rule.name}' changed the matched {describe(node)} in its rewrite: a rule "
+                                "builds new nodes and returns the values that replace the match's outputs")
     rw._building = ""  # the rule has built; the driver edits from here
     new_values = [result] if isinstance(result, ir.Value) else list(result)
     if len(new_values) != len(m.outputs):

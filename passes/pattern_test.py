@@ -342,6 +342,12 @@ class EditsInRewrite(Rule):
         return m.value("x")
 
 
+class EditsAroundTheRewriter(EditsInRewrite):
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        m.root.set_attr("tag", 1)  # straight on the IR, not through rw
+        return m.value("x")
+
+
 def test_a_rule_builds_and_the_driver_edits() -> None:
     model = load("""
         g (float[2] x) => (float[2] y) {
@@ -350,6 +356,13 @@ def test_a_rule_builds_and_the_driver_edits() -> None:
         }""")
     with pytest.raises(RuleEditError, match="'edits-in-rewrite' made a 'input' edit"):
         apply_rules(model, [EditsInRewrite()])
+    model = load("""
+        g (float[2] x) => (float[2] y) {
+          a = Neg(x)
+          y = Neg(a)
+        }""")
+    with pytest.raises(RuleEditError, match="changed the matched Neg"):
+        apply_rules(model, [EditsAroundTheRewriter()])
     model = load("""
         g (float[2] x) => (float[2] y) {
           a = Neg(x)
