@@ -348,21 +348,19 @@ class EditsAroundTheRewriter(EditsInRewrite):
         return m.value("x")
 
 
-def test_a_rule_builds_and_the_driver_edits() -> None:
+@pytest.mark.parametrize(("rule", "message"), [(EditsInRewrite(), "'edits-in-rewrite' made a 'input' edit"),
+                                               (EditsAroundTheRewriter(), "changed the matched Neg")])
+def test_a_rule_that_edits_is_refused(rule: Rule, message: str) -> None:
     model = load("""
         g (float[2] x) => (float[2] y) {
           a = Neg(x)
           y = Neg(a)
         }""")
-    with pytest.raises(RuleEditError, match="'edits-in-rewrite' made a 'input' edit"):
-        apply_rules(model, [EditsInRewrite()])
-    model = load("""
-        g (float[2] x) => (float[2] y) {
-          a = Neg(x)
-          y = Neg(a)
-        }""")
-    with pytest.raises(RuleEditError, match="changed the matched Neg"):
-        apply_rules(model, [EditsAroundTheRewriter()])
+    with pytest.raises(RuleEditError, match=message):
+        apply_rules(model, [rule])
+
+
+def test_the_driver_edits_through_the_rewriter() -> None:
     model = load("""
         g (float[2] x) => (float[2] y) {
           a = Neg(x)
