@@ -33,8 +33,8 @@ import models as zoo  # noqa: E402  (benchmarks/models.py)
 from optgraph import ir  # noqa: E402
 from optgraph.ir import progress  # noqa: E402
 from optgraph.passes import run_passes  # noqa: E402
-from optgraph.passes.liveness import tensor_infos  # noqa: E402
-from optgraph.passes.memory_plan import plan_memory  # noqa: E402
+from optgraph.passes.memory.liveness import tensor_infos  # noqa: E402
+from optgraph.passes.memory import plan_memory  # noqa: E402
 
 MODELS = ("resnet50", "googlenet", "inception_v3", "densenet121")
 PIPELINES = ("fuse-conv-bn", "fuse")

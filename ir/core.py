@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from types import MappingProxyType
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,16 +34,16 @@ class Value:
     entry is written back as it came until the value is edited.
     """
 
-    __slots__ = ("_name", "graph", "producer", "index", "_uses", "const", "_n_graph_outputs",
+    __slots__ = ("_name", "_graph", "_producer", "_index", "_uses", "_const", "_n_graph_outputs",
                  "_is_graph_input", "_dtype", "_shape", "_type_proto", "_info", "_vi", "_lazy")
 
     def __init__(self, graph: Graph, name: str, dtype: int = 0, shape: Shape | None = None) -> None:
         self._name = name
-        self.graph = graph
-        self.producer: Node | None = None
-        self.index = 0  # which output of the producer
+        self._graph = graph
+        self._producer: Node | None = None
+        self._index = 0  # which output of the producer
         self._uses: dict[tuple[Node, int], None] = {}  # an ordered set: O(1) removal at any fan-out
-        self.const: Tensor | None = None  # set for initializers
+        self._const: Tensor | None = None  # set for initializers
         self._n_graph_outputs = 0
         self._is_graph_input = False
         self._dtype = dtype
@@ -51,6 +52,13 @@ class Value:
         self._info: tuple[str, dict[str, str]] | None = None  # doc_string, metadata_props (rare)
         self._vi: onnx.ValueInfoProto | None = None  # the loaded entry while the value is unedited
         self._lazy = False  # type info still to be decoded from _vi or const
+
+    # Where a value comes from is set by the graph that makes it (make_node, add_initializer, the
+    # loader), never from outside: read-only, and attrgetters because passes read them constantly.
+    graph = property(operator.attrgetter("_graph"), doc="The graph (namespace) this value belongs to.")
+    producer = property(operator.attrgetter("_producer"), doc="The node computing this value, if any.")
+    index = property(operator.attrgetter("_index"), doc="Which output of the producer this value is.")
+    const = property(operator.attrgetter("_const"), doc="The tensor of an initializer, else None.")
 
     def _decode(self) -> None:
         self._lazy = False
@@ -123,14 +131,14 @@ class Value:
         self._info = (text, props) if text or props else None
 
     @property
-    def metadata_props(self) -> dict[str, str]:
-        """Metadata of this value; assign a new dict to change it."""
+    def metadata_props(self) -> Mapping[str, str]:
+        """Metadata of this value (read-only); assign a new dict to change it."""
         if self._lazy:
             self._decode()
-        return dict(self._info[1]) if self._info else {}
+        return MappingProxyType(self._info[1] if self._info else {})
 
     @metadata_props.setter
-    def metadata_props(self, props: dict[str, str]) -> None:
+    def metadata_props(self, props: Mapping[str, str]) -> None:
         text = self.doc_string
         self._detach()
         self._info = (text, dict(props)) if text or props else None
@@ -151,8 +159,8 @@ class Value:
     def _rename(self, new: str) -> None:
         """Set the name (already reserved in the namespace) and mark users for re-encoding."""
         self._detach()
-        if self.const is not None:
-            inits = self.graph.initializers
+        if self._const is not None:
+            inits = self._graph._initializers
             inits[new] = inits.pop(self._name)
         self._name = new
         if self.producer is not None:
@@ -187,15 +195,11 @@ class Value:
         return self._is_graph_input
 
     @property
-    def is_initializer(self) -> bool:
-        return self.const is not None
-
-    @property
     def is_used(self) -> bool:
         return bool(self._uses) or self._n_graph_outputs > 0
 
-    def replace_all_uses_with(self, new: Value) -> None:
-        """Point every consumer of this value at ``new`` (graph outputs are not touched)."""
+    def _redirect_uses(self, new: Value) -> None:
+        """Point every consumer of this value at ``new`` (``Graph.replace_value`` is the public API)."""
         if new is self:
             return
         uses, self._uses = self._uses, {}
@@ -311,7 +315,7 @@ class Node:
     """An operator application. Inputs may be None (an omitted optional input)."""
 
     __slots__ = ("_op_type", "_domain", "_name", "_inputs", "_outputs", "_attrs", "_proto", "graph",
-                 "_prev", "_next", "_overload", "_doc_string", "metadata_props", "_has_graphs")
+                 "_prev", "_next", "_overload", "_doc_string", "_metadata_props", "_has_graphs")
 
     def __init__(self, op_type: str, domain: str = "", name: str = "") -> None:
         self._op_type = op_type
@@ -326,7 +330,7 @@ class Node:
         self._next: Node | None = None
         self._overload = ""
         self._doc_string = ""
-        self.metadata_props: dict[str, str] = {}
+        self._metadata_props: dict[str, str] = {}
         # Whether an attribute holds a graph: every pass walks all graphs, so subgraphs() is asked
         # of every node many times; this makes the common answer (none) one attribute read.
         self._has_graphs = False
@@ -346,8 +350,26 @@ class Node:
     def _touch(self) -> None:
         """Mark the node edited: it will be re-encoded on save."""
         if self._proto is not None:
-            self.attrs  # decode attributes while the proto is still here
+            self._attr_dict()  # decode attributes while the proto is still here
             self._proto = None
+
+    @property
+    def metadata_props(self) -> Mapping[str, str]:
+        """Metadata of this node (read-only: edit with set_metadata, so the node is re-encoded)."""
+        return MappingProxyType(self._metadata_props)
+
+    @metadata_props.setter
+    def metadata_props(self, props: Mapping[str, str]) -> None:
+        self._touch()
+        self._metadata_props = dict(props)
+
+    def set_metadata(self, key: str, value: str | None) -> None:
+        """Set one metadata entry (None removes it)."""
+        self._touch()
+        if value is None:
+            self._metadata_props.pop(key, None)
+        else:
+            self._metadata_props[key] = value
 
     @property
     def inputs(self) -> tuple[Value | None, ...]:
@@ -403,8 +425,11 @@ class Node:
 
     # --- attributes -------------------------------------------------------------------------
     @property
-    def attrs(self) -> dict[str, Attr]:
-        """All attributes by name. Edit through set_attr/del_attr so the node is re-encoded."""
+    def attrs(self) -> Mapping[str, Attr]:
+        """All attributes by name, read-only: edit with set_attr/del_attr so the node is re-encoded."""
+        return MappingProxyType(self._attr_dict())
+
+    def _attr_dict(self) -> dict[str, Attr]:
         if self._attrs is None:
             assert self._proto is not None
             self._attrs = {p.name: Attr(p.name, p.type, ref=p.ref_attr_name, doc_string=p.doc_string,
@@ -412,7 +437,8 @@ class Node:
         return self._attrs
 
     def attr(self, name: str, default: Any = None) -> Any:
-        a = self.attrs.get(name)
+        """The value of attribute ``name``, or ``default`` when the node does not set it."""
+        a = self._attr_dict().get(name)
         return default if a is None else a.value
 
     def set_attr(self, name: str, value: Any, type: int | None = None) -> None:
@@ -422,14 +448,15 @@ class Node:
         if isinstance(value, Graph):
             value.parent = self
         attr = Attr(name, attr_type_of(value) if type is None else type, value)
-        old = self.attrs.get(name)
-        self.attrs[name] = attr
+        attrs = self._attr_dict()
+        old = attrs.get(name)
+        attrs[name] = attr
         if attr.type in _GRAPH_TYPES or (old is not None and old.type in _GRAPH_TYPES):
             self._update_has_graphs()
 
     def del_attr(self, name: str) -> None:
         self._touch()
-        old = self.attrs.pop(name, None)
+        old = self._attr_dict().pop(name, None)
         if old is not None and old.type in _GRAPH_TYPES:
             self._update_has_graphs()
 
@@ -442,17 +469,17 @@ class Node:
         if other.subgraphs():
             raise ValueError(f"cannot copy the attributes of {other!r}: it holds subgraphs")
         self._touch()
-        self.attrs.update(other.attrs)
+        self._attr_dict().update(other._attr_dict())
 
     def _update_has_graphs(self) -> None:
-        self._has_graphs = any(a.type in _GRAPH_TYPES for a in self.attrs.values())
+        self._has_graphs = any(a.type in _GRAPH_TYPES for a in self._attr_dict().values())
 
     def subgraphs(self) -> list[Graph]:
         """Graphs held in attributes (If branches, Loop/Scan bodies)."""
         if not self._has_graphs:  # the loader decodes subgraph attributes and sets the flag
             return []
         out: list[Graph] = []
-        for a in self.attrs.values():
+        for a in self._attr_dict().values():
             if a.type == AT.GRAPH:
                 out.append(a.value)
             elif a.type == AT.GRAPHS:
@@ -474,7 +501,8 @@ class Graph:
         self.parent = parent  # the node holding this graph as an attribute, if any
         self._inputs: list[Value] = []
         self._outputs: list[Value] = []
-        self.initializers: dict[str, Value] = {}
+        self._initializers: dict[str, Value] = {}
+        self._initializers_view = MappingProxyType(self._initializers)
         self.extra: onnx.GraphProto | None = None  # quantization annotations, kept opaque
         self._head: Node | None = None
         self._tail: Node | None = None
@@ -596,7 +624,7 @@ class Graph:
                 raise ValueError(f"output names {taken} are already used")
         for k, out_name in enumerate(names):
             v = self._new_value(out_name)
-            v.producer, v.index = node, k
+            v._producer, v._index = node, k
             node._outputs.append(v)
         for key, val in (attrs or {}).items():
             node.set_attr(key, val)
@@ -618,6 +646,11 @@ class Graph:
                 names.add(cand)
                 return cand
 
+    @property
+    def initializers(self) -> Mapping[str, Value]:
+        """Initializers by name (read-only: add_initializer, remove_initializer)."""
+        return self._initializers_view
+
     def _new_value(self, name: str) -> Value:
         self._names.add(name)
         return Value(self, name)
@@ -625,15 +658,15 @@ class Graph:
     def add_initializer(self, data: np.ndarray | Tensor, name: str = "const") -> Value:
         """A new initializer under a fresh name (rewritten constants never reuse a name)."""
         v = self._new_value(self.fresh_name(name))
-        v.const = data if isinstance(data, Tensor) else Tensor(array=np.asarray(data))
-        v._dtype, v._shape = v.const.dtype, v.const.shape  # a new value: nothing to detach
-        self.initializers[v.name] = v
+        v._const = data if isinstance(data, Tensor) else Tensor(array=np.asarray(data))
+        v._dtype, v._shape = v._const.dtype, v._const.shape  # a new value: nothing to detach
+        self._initializers[v.name] = v
         return v
 
     def remove_initializer(self, value: Value) -> None:
         if value.is_used:
             raise ValueError(f"initializer '{value.name}' is still used")
-        del self.initializers[value.name]
+        del self._initializers[value.name]
         if value._is_graph_input:
             self._inputs.remove(value)
             value._is_graph_input = False
@@ -668,7 +701,7 @@ class Graph:
         When ``old`` is a graph output, ``new`` takes over its name if ``new`` is a plain
         intermediate of this graph; otherwise an Identity keeps the output name alive.
         """
-        old.replace_all_uses_with(new)
+        old._redirect_uses(new)
         if new.producer is not None and new.type_proto is None:
             # new computes what old did: keep what was known of its type so analyses stay valid
             new.dtype = new.dtype or old.dtype
@@ -691,14 +724,6 @@ class Graph:
         Identity): a node output of this very graph that is not already an input or output."""
         return (value.producer is not None and value.producer.graph is self and not value.is_graph_output
                 and not value.is_graph_input and value.const is None)
-
-    def replace_if_free(self, old: Value, new: Value) -> bool:
-        """``replace_value(old, new)`` unless that would need an Identity to keep a graph output's
-        name; returns whether it replaced."""
-        if old.is_graph_output and not self.can_take_name(new):
-            return False
-        self.replace_value(old, new)
-        return True
 
     def reorder(self, order: list[Node]) -> None:
         """Relink this graph's nodes in ``order`` (a permutation of them; ``ir.order.sort`` passes

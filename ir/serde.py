@@ -199,9 +199,9 @@ class _Loader:
             v = scope.get(tp.name)
             if v is None or v.const is not None:
                 v = define(tp.name)  # raises on a duplicate initializer
-            v.const = self.tensor(tp)
+            v._const = self.tensor(tp)
             v._lazy = True  # the type comes from the input's entry or else from the tensor
-            graph.initializers[tp.name] = v
+            graph._initializers[tp.name] = v
         if gp.sparse_initializer:
             raise InvalidModelError(f"{where} has sparse initializers, which optgraph does not support")
         if gp.quantization_annotation:
@@ -283,8 +283,8 @@ class _Loader:
                     if name in scope or (outer is not None and outer(name) is not None):
                         raise InvalidModelError(f"'{name}' is defined twice (again by node '{np_.name or np_.op_type}')")
                     v = Value(graph, name)
-                    v.producer = node
-                    v.index = k
+                    v._producer = node
+                    v._index = k
                     scope[name] = v
                     names_add(name)
                     outs.append(v)
@@ -295,7 +295,7 @@ class _Loader:
             if np_.doc_string:
                 node._doc_string = np_.doc_string
             if np_.metadata_props:
-                node.metadata_props = {p.key: p.value for p in np_.metadata_props}
+                node._metadata_props = {p.key: p.value for p in np_.metadata_props}
             if np_.overload:
                 node._overload = np_.overload
             if (np_.domain or np_.op_type in _CONTROL_FLOW) and _has_subgraph(np_):
@@ -468,7 +468,7 @@ def node_proto(node: Node) -> onnx.NodeProto:
     return p
 
 
-def _graph_proto(graph: Graph, gp: onnx.GraphProto, *, initializers: bool = True) -> None:
+def _graph_proto(graph: Graph, gp: onnx.GraphProto, *, initializers: bool | Callable[[Value], bool] = True) -> None:
     gp.name = graph.name
     if graph.doc_string:
         gp.doc_string = graph.doc_string
@@ -477,7 +477,9 @@ def _graph_proto(graph: Graph, gp: onnx.GraphProto, *, initializers: bool = True
     gp.input.extend([_value_info(v) for v in graph.inputs])
     _encode_nodes(graph, gp.node)
     if initializers:
-        gp.initializer.extend([v.const.to_proto(v.name) for v in graph.initializers.values()])  # type: ignore[union-attr]
+        keep = initializers if callable(initializers) else None
+        gp.initializer.extend([v.const.to_proto(v.name) for v in graph.initializers.values()  # type: ignore[union-attr]
+                               if keep is None or keep(v)])
     pinned = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
     gp.value_info.extend([_value_info(v) for node in graph for v in node._outputs
                           if v is not None and id(v) not in pinned and _typed(v)])
@@ -524,10 +526,11 @@ def _model_shell(model: Model) -> onnx.ModelProto:
     return mp
 
 
-def to_proto(model: Model) -> onnx.ModelProto:
-    """The whole model as one ModelProto (tensors embedded as they are held)."""
+def to_proto(model: Model, *, initializers: Callable[[Value], bool] | None = None) -> onnx.ModelProto:
+    """The whole model as one ModelProto (tensors embedded as they are held); ``initializers``,
+    when given, picks the main graph's initializers to write (the others are left out)."""
     mp = _model_shell(model)
-    _graph_proto(model.graph, mp.graph)
+    _graph_proto(model.graph, mp.graph, initializers=initializers or True)
     return mp
 
 

@@ -1,6 +1,6 @@
 """The IR verifier: single assignment, definition before use, consistent use lists.
 
-The pass manager runs it after every pass when asked (``--verify``), so a pass that corrupts the
+The pass manager runs it after every pass when asked (``--verify-each``), so a pass that corrupts the
 graph is caught at the pass that did it, not three passes later.
 """
 

@@ -1,6 +1,6 @@
 """Passes: the pass contract, the registry, the pass manager and the built-in passes.
 
-Write a pass by subclassing Pass and decorating it with @register (see passes/dce.py for a
+Write a pass by subclassing Pass and decorating it with @register (see passes/cleanup/dce.py for a
 short example); ship it in a plugin package through the ``optgraph.passes`` entry-point group.
 """
 

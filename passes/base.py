@@ -14,7 +14,9 @@ the model in place and returns a PassResult saying whether anything changed and 
             return PassResult(bool(stats), stats)
 
 Analyses (shape inference, liveness, ...) are computed on demand through ``ctx.get`` and cached
-until a pass that changed the model says it did not preserve them.
+until a pass that changed the model says it did not preserve them. They are keyed by class: a
+pass lists the analysis classes it keeps valid in ``preserves``, an analysis the ones it reads in
+``requires`` (dropping one drops everything that requires it).
 """
 
 from __future__ import annotations
@@ -33,20 +35,49 @@ T = TypeVar("T")
 
 @dataclass
 class PassResult:
-    """What a pass did: ``changed`` drives fixed points and cache invalidation; ``stats`` is
-    reported per pass (e.g. {"bn_folded": 3})."""
+    """What a pass did: ``changed`` (the model is different) drives fixed points and cache
+    invalidation; ``stats`` is reported per pass (e.g. {"bn_folded": 3}); ``data`` is what an
+    analysis or a traced pass reports (JSON-able), found in the pipeline report under the pass's
+    name."""
 
     changed: bool
     stats: Mapping[str, int] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Analysis(Generic[T]):
-    """A cached computation over the model (not a rewrite). Subclasses set ``name``."""
+    """A cached computation over the model. ``requires``: the analyses ``compute`` reads (they
+    are computed first, and dropping one of them from the cache drops this one too)."""
 
     name: ClassVar[str]
+    requires: ClassVar[frozenset[type[Analysis[Any]]]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_analyses(cls.requires, f"{cls.__qualname__}.requires")
 
     def compute(self, model: ir.Model, ctx: PassContext) -> T:
         raise NotImplementedError
+
+
+def check_analyses(analyses: Any, where: str) -> None:
+    """Raise TypeError unless ``analyses`` is a frozenset of Analysis classes (a string such as
+    "shapes" would silently match nothing)."""
+    if not isinstance(analyses, frozenset) or not all(isinstance(a, type) and issubclass(a, Analysis)
+                                                      for a in analyses):
+        raise TypeError(f"{where} must be a frozenset of Analysis classes, got {analyses!r}")
+
+
+def with_requirements(analyses: frozenset[type[Analysis[Any]]]) -> frozenset[type[Analysis[Any]]]:
+    """``analyses`` and everything they require, transitively."""
+    out: set[type[Analysis[Any]]] = set()
+    todo = list(analyses)
+    while todo:
+        a = todo.pop()
+        if a not in out:
+            out.add(a)
+            todo.extend(a.requires)
+    return frozenset(out)
 
 
 class PassContext:
@@ -58,24 +89,25 @@ class PassContext:
     def __init__(self, *, dims: Mapping[str, int] | None = None) -> None:
         self.dims: dict[str, int] = dict(dims or {})
         self.ranges: dict[str, float] = {}  # max |value| per tensor name, from calibration data
-        self._cache: dict[str, Any] = {}
-        self.results: dict[str, Any] = {}  # what analysis passes report (e.g. a memory plan)
+        self._cache: dict[type[Analysis[Any]], Any] = {}
 
     def get(self, analysis: type[Analysis[T]]) -> T:
-        """The analysis result for the current model, computed once and cached."""
-        key = analysis.name
-        if key not in self._cache:
-            self._cache[key] = analysis().compute(self._model, self)
-        return self._cache[key]
+        """The analysis result for the current model, computed once (after what it requires) and cached."""
+        if analysis not in self._cache:
+            for required in sorted(analysis.requires, key=lambda a: a.__qualname__):
+                self.get(required)
+            self._cache[analysis] = analysis().compute(self._model, self)
+        return self._cache[analysis]
 
     def bind(self, model: ir.Model) -> None:
         """Point the context at ``model`` (drops every cached analysis)."""
         self._model = model
         self._cache.clear()
 
-    def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
-        """Forget cached analyses except ``preserved`` (after a pass changed the model)."""
-        for key in [k for k in self._cache if k not in preserved]:
+    def invalidate(self, preserved: frozenset[type[Analysis[Any]]] = frozenset()) -> None:
+        """Forget cached analyses except ``preserved`` (after a pass changed the model); one whose
+        requirements are not all preserved goes too."""
+        for key in [k for k in self._cache if not with_requirements(frozenset({k})) <= preserved]:
             del self._cache[key]
 
 
@@ -84,16 +116,17 @@ class Pass:
 
     Class attributes:
       name, description: how users refer to it and what ``optgraph list`` shows.
-      kind: "rewrite" edits the model; "analysis" only computes (and puts its result in
-        ``ctx.results[name]``).
-      preserves: analysis names a change by this pass leaves valid.
+      kind: "rewrite" edits the model's structure; "annotation" only writes facts into it (types,
+        metadata) that change no result, so its changes never keep a fixed point going;
+        "analysis" only computes, and reports through ``PassResult.data``.
+      preserves: the Analysis classes a change by this pass leaves valid (with what they require).
       Options: a dataclass of typed options, settable as ``name{key=value}`` in a pipeline.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     kind: ClassVar[str] = "rewrite"
-    preserves: ClassVar[frozenset[str]] = frozenset()
+    preserves: ClassVar[frozenset[type[Analysis[Any]]]] = frozenset()
 
     @dataclass
     class Options:

@@ -1,8 +1,9 @@
 """The built-in passes and groups. Importing a pass module registers its passes."""
 
-from optgraph.passes import concat, dce, fuse_conv_act, fuse_conv_bn, fuse_horizontal, fuse_pad  # noqa: F401
-from optgraph.passes import cse, fold, layout, noops, shapes, tensorrt_ready  # noqa: F401
-from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
+from optgraph.passes import shapes  # noqa: F401
+from optgraph.passes.cleanup import cse, dce, fold, layout, noops, tensorrt_ready  # noqa: F401
+from optgraph.passes.fuse import concat, fuse_conv_act, fuse_conv_bn, fuse_horizontal, fuse_pad  # noqa: F401
+from optgraph.passes.memory import plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.precision import fp16  # noqa: F401  (fp16, bf16; in no group)
 from optgraph.passes.precision import quantize  # noqa: F401  (quantize-int8: needs calibration; in no group)
 from optgraph.passes.registry import register_group

@@ -26,6 +26,15 @@ class PipelineError(ir.OptGraphError):
     """A --passes spec that names unknown passes or bad options."""
 
 
+class PassFailure(Exception):
+    """A pass crashed (a bug, not bad input): the message names the pass; the original
+    exception is the ``__cause__``."""
+
+    def __init__(self, pass_name: str, error: BaseException) -> None:
+        super().__init__(f"pass '{pass_name}' failed: {type(error).__name__}: {error}")
+        self.pass_name = pass_name
+
+
 @dataclass
 class FixedPoint:
     """Repeat ``steps`` until an iteration changes nothing, at most ``max_iterations`` times."""
@@ -156,6 +165,7 @@ def op_histogram(model: ir.Model) -> dict[str, int]:
 
 
 def node_count(model: ir.Model) -> int:
+    """Nodes over every graph (subgraphs and functions too), as the report counts them."""
     return sum(len(g) for g in model.all_graphs())
 
 
@@ -164,7 +174,8 @@ class PassManager:
 
     ``verify_each`` runs the IR verifier after every pass that changed something (the error names
     the pass). ``after_each(model, record)`` is called after every pass, e.g. to run the oracle
-    and find the first pass that changed results.
+    and find the first pass that changed results. When a pass raises, ``failed`` is that pass
+    (a crash comes out as a PassFailure naming it; an OptGraphError, a clean refusal, unchanged).
     """
 
     def __init__(self, steps: list[Step], *, verify_each: bool = False,
@@ -174,6 +185,7 @@ class PassManager:
         self.verify_each = verify_each
         self.after_each = after_each
         self.ctx = ctx or PassContext()
+        self.failed: Pass | None = None
 
     def run(self, model: ir.Model) -> Report:
         report = Report(ops_before=op_histogram(model))
@@ -185,7 +197,6 @@ class PassManager:
         report.seconds = time.perf_counter() - start
         report.ops_after = op_histogram(model)
         report.nodes_after = sum(report.ops_after.values())
-        report.results = dict(self.ctx.results)
         return report
 
     def _run_steps(self, steps: list[Step], model: ir.Model, report: Report, group: str | None,
@@ -211,13 +222,21 @@ class PassManager:
 
     def _run_pass(self, p: Pass, model: ir.Model, report: Report, group: str | None,
                   iteration: int | None) -> bool:
-        before = len(model.graph)
+        before = node_count(model)
         t0 = time.perf_counter()
-        result = p.run(model, self.ctx)
+        try:
+            result = p.run(model, self.ctx)
+        except Exception as e:
+            self.failed = p
+            if isinstance(e, ir.OptGraphError):
+                raise
+            raise PassFailure(type(p).name, e) from e
         seconds = time.perf_counter() - t0
         record = PassRecord(type(p).name, seconds, result.changed, dict(sorted(result.stats.items())),
-                            before, len(model.graph), group, iteration)
+                            before, node_count(model), group, iteration)
         report.passes.append(record)
+        if result.data:
+            report.results[record.name] = dict(result.data)
         if result.changed:
             self.ctx.invalidate(type(p).preserves)
             if self.verify_each:
@@ -227,7 +246,7 @@ class PassManager:
                     raise ir.VerificationError(f"after pass '{record.name}': {e}") from None
         if self.after_each is not None:
             self.after_each(model, record)
-        return result.changed
+        return result.changed and type(p).kind != "annotation"
 
 
 def run_passes(model: ir.Model, spec: str, **kwargs: Any) -> Report:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from optgraph import ir
-from optgraph.ir.opset import COMMUTATIVE, ONNX_DOMAINS, removable
+from optgraph.ir.opset import COMMUTATIVE, ONNX_DOMAINS
 from optgraph.passes.base import Pass, PassContext, PassResult
 
 
@@ -310,26 +310,43 @@ class Rule:
         raise NotImplementedError
 
 
-class Rewriter:
-    """Builds a rewrite's replacement: new nodes before the match's anchor, fresh constants."""
+class RuleEditError(RuntimeError):
+    """A rule's ``rewrite`` edited the graph instead of building its replacement."""
 
-    def __init__(self, model: ir.Model, graph: ir.Graph, anchor: ir.Node) -> None:
+
+class Rewriter(ir.Rewriter):
+    """What a rule's ``rewrite`` builds its replacement with: new nodes before the match's anchor,
+    fresh constants, model-local functions. A rule only builds: the driver replaces the match's
+    outputs and removes what died, through this same rewriter once the rule has returned; any
+    other edit during ``rewrite`` raises RuleEditError."""
+
+    def __init__(self, model: ir.Model, graph: ir.Graph, anchor: ir.Node, *, parent: ir.Rewriter | None = None,
+                 rule: str = "") -> None:
+        super().__init__(graph, _record=parent._record if parent is not None else None)
         self.model = model
-        self.graph = graph
         self.anchor = anchor
         self.created: list[ir.Node] = []
+        self._building = rule
 
     @property
     def opset(self) -> int:
+        """The model's default-domain opset: a rule builds the ops of that version."""
         return self.model.opset()
+
+    def _did(self, kind: str, obj: Any) -> None:
+        if self._building and kind not in ("create", "function"):
+            raise RuleEditError(f"rule '{self._building}' made a '{kind}' edit in its rewrite: a rule builds "
+                                "new nodes and returns the values that replace the match's outputs")
+        if kind == "create" and isinstance(obj, ir.Node):
+            self.created.append(obj)
+        super()._did(kind, obj)
 
     def op(self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None, *,
            outputs: int = 1, domain: str = "", name: str | None = None,
            before: ir.Node | None = None) -> ir.Value | tuple[ir.Value, ...]:
         """A new node (output names fresh); returns its output, or outputs when ``outputs > 1``."""
-        node = self.graph.make_node(op_type, inputs, dict(attrs or {}), outputs=outputs, domain=domain, name=name,
-                                    before=before or self.anchor)
-        self.created.append(node)
+        node = self.make_node(op_type, inputs, dict(attrs or {}), outputs=outputs, domain=domain, name=name,
+                              before=before or self.anchor)
         outs = tuple(v for v in node.outputs if v is not None)
         return outs[0] if outputs == 1 else outs
 
@@ -338,18 +355,17 @@ class Rewriter:
         """A copy of ``node`` (op, domain, attributes, name, doc) reading ``inputs``; ``attrs`` override."""
         if node.subgraphs():
             raise ValueError(f"cannot copy {describe(node)}: it holds subgraphs")
-        new = self.graph.make_node(node.op_type, inputs, outputs=len(node.outputs), domain=node.domain,
-                                   before=before or self.anchor)
-        new.copy_attrs(node)
+        new = self.make_node(node.op_type, inputs, outputs=len(node.outputs), domain=node.domain,
+                             before=before or self.anchor)
+        new.copy_attrs(node)  # filling in a node just made: construction, not an edit
         for key, value in (attrs or {}).items():
             new.set_attr(key, value)
         new.name, new.doc_string, new.metadata_props = node.name, node.doc_string, dict(node.metadata_props)
-        self.created.append(new)
         return new.output
 
     def const(self, array: np.ndarray, name: str = "const") -> ir.Value:
         """A new initializer under a fresh name (never an edit of an existing tensor)."""
-        return self.graph.add_initializer(np.asarray(array), name)
+        return self.add_initializer(np.asarray(array), name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,13 +416,14 @@ def safety(m: Match) -> MatchResult:
 
 
 def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0,
-                trace: list[str] | None = None) -> Counter[str]:
+                trace: list[str] | None = None, rewriter: ir.Rewriter | None = None) -> Counter[str]:
     """Apply ``rules`` until none matches; returns rewrite counts per rule name.
 
     ``max_rewrites`` caps the rewrites per graph (0: four per node, plus 100); hitting it sets
     ``not_converged``. With a ``trace`` list, every refused candidate adds one line saying which
-    rule, where, and which constraint failed.
+    rule, where, and which constraint failed. Edits are recorded in ``rewriter`` when given.
     """
+    rewriter = rewriter or ir.Rewriter(model.graph)
     stats: Counter[str] = Counter()
     by_op: dict[tuple[str, str], list[Rule]] = {}
     for rule in sorted(rules, key=lambda r: -r.benefit):
@@ -416,12 +433,13 @@ def apply_rules(model: ir.Model, rules: Sequence[Rule], *, max_rewrites: int = 0
                 by_op.setdefault((domain, op_type), []).append(rule)
     if by_op:
         for graph in list(model.all_graphs(functions=False)):  # function bodies are left as they are
-            _run_worklist(model, graph, by_op, max_rewrites or 4 * len(graph) + 100, stats, trace)
+            _run_worklist(model, rewriter.on(graph), by_op, max_rewrites or 4 * len(graph) + 100, stats, trace)
     return stats
 
 
-def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str], list[Rule]], cap: int,
+def _run_worklist(model: ir.Model, root: ir.Rewriter, by_op: dict[tuple[str, str], list[Rule]], cap: int,
                   stats: Counter[str], trace: list[str] | None) -> None:
+    graph = root.graph
     env = Env(model, graph)
     queue: deque[ir.Node] = deque()
     queued: set[int] = set()
@@ -455,16 +473,23 @@ def _run_worklist(model: ir.Model, graph: ir.Graph, by_op: dict[tuple[str, str],
                 return
             rewrites += 1
             stats[rule.name] += 1
-            for touched in _apply(model, graph, rule, m, env):
+            for touched in _apply(model, root, rule, m, env):
                 push(touched)
             break
 
 
-def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> list[ir.Node | None]:
+def _apply(model: ir.Model, root: ir.Rewriter, rule: Rule, m: Match, env: Env) -> list[ir.Node | None]:
     """Run the rewrite, rewire, remove what died; return the nodes worth looking at again."""
     assert m.anchor is not None
-    rw = Rewriter(model, graph, m.anchor)
+    graph = root.graph
+    rw = Rewriter(model, graph, m.anchor, parent=root, rule=rule.name)
+    before = [(n.inputs, tuple(n.attrs.values())) for n in m.nodes]
     result = rule.rewrite(m, rw)
+    for node, (inputs, attrs) in zip(m.nodes, before):  # edits that went around the rewriter
+        if node.graph is not graph or node.inputs != inputs or tuple(node.attrs.values()) != attrs:
+            raise RuleEditError(f"rule '{rule.name}' changed the matched {describe(node)} in its rewrite: a rule "
+                                "builds new nodes and returns the values that replace the match's outputs")
+    rw._building = ""  # the rule has built; the driver edits from here
     new_values = [result] if isinstance(result, ir.Value) else list(result)
     if len(new_values) != len(m.outputs):
         raise ValueError(f"rule '{rule.name}' returned {len(new_values)} values for {len(m.outputs)} outputs")
@@ -473,7 +498,7 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
         env._position[id(node)] = anchor_pos
     for old, new in zip(m.outputs, new_values):
         if new is not old:
-            graph.replace_value(old, new)  # which also passes on what was known of old's type
+            rw.replace(old, new)  # which also passes on what was known of old's type
     touched: list[ir.Node | None] = list(rw.created)
     for v in new_values:
         touched.extend(v.consumers)
@@ -482,34 +507,14 @@ def _apply(model: ir.Model, graph: ir.Graph, rule: Rule, m: Match, env: Env) -> 
     for node in reversed(m.nodes):
         if node.graph is graph and not any(v is not None and v.is_used for v in node.outputs):
             inputs.extend(node.inputs)
-            graph.remove(node)
-    drop_dead(model, inputs)
+            rw.remove(node)
+    rw.drop_dead(model, inputs)
     for v in inputs:  # a value that lost uses: its producer, and a reader it now has to itself
         if v is not None:
             touched.append(v.producer)
             if v.num_uses == 1:
                 touched.extend(v.consumers)
     return touched
-
-
-def drop_dead(model: ir.Model, values: Sequence[ir.Value | None]) -> None:
-    """Remove constants and pure nodes that only fed ``values``' former users and are now unused."""
-    stack = list(values)
-    while stack:
-        v = stack.pop()
-        if v is None or v.is_used or v.is_graph_input:
-            continue
-        if v.const is not None:
-            if v.graph.initializers.get(v.name) is v:
-                v.graph.remove_initializer(v)
-            continue
-        node = v.producer
-        if node is None or node.graph is None or not removable(node, model):
-            continue
-        if any(o is not None and o.is_used for o in node.outputs) or node.subgraphs():
-            continue
-        stack.extend(node.inputs)
-        node.graph.remove(node)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,13 +556,13 @@ class RewritePass(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         trace: list[str] | None = [] if self.options.trace else None
-        stats = apply_rules(model, self.selected_rules(), max_rewrites=self.options.max_rewrites, trace=trace)
-        if trace is not None:
-            ctx.results.setdefault("trace", {})[self.name] = trace
-        return PassResult(any(k != "not_converged" for k in stats), dict(sorted(stats.items())))
+        rw = ir.Rewriter(model.graph)
+        stats = apply_rules(model, self.selected_rules(), max_rewrites=self.options.max_rewrites, trace=trace,
+                            rewriter=rw)
+        return PassResult(rw.changed, dict(sorted(stats.items())), {"trace": trace} if trace is not None else {})
 
 
 __all__ = [
     "COMMUTATIVE", "Env", "Match", "MatchResult", "OpPattern", "RewritePass", "Rewriter", "Rule", "Var",
-    "apply_rules", "describe", "drop_dead", "match_pattern", "op", "safety",
+    "RuleEditError", "apply_rules", "describe", "match_pattern", "op", "safety",
 ]

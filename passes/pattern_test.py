@@ -8,8 +8,8 @@ from onnx import parser
 
 from optgraph import ir
 from optgraph.passes import PassContext, PipelineError, parse_pipeline, registry, run_passes
-from optgraph.passes.pattern import (Match, MatchResult, RewritePass, Rewriter, Rule, Var, apply_rules,
-                                     match_pattern, op)
+from optgraph.passes.pattern import (Match, MatchResult, RewritePass, Rewriter, Rule, RuleEditError, Var,
+                                     apply_rules, match_pattern, op)
 from optgraph.passes.testing import assert_equivalent
 from optgraph.passes.testing.golden import assert_rewrites_to
 
@@ -213,7 +213,7 @@ def test_trace_goes_to_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
     registry.register(Arith)
     model = load("g (float[2] x) => (float[2] y) <float[2] two = {2.0, 2.0}> { y = Mul(x, two) }")
     report = run_passes(model, "test-arith{trace=true}")
-    assert report.results["trace"]["test-arith"] == ["mul-one at Mul: the constant is not all ones"]
+    assert report.results["test-arith"]["trace"] == ["mul-one at Mul: the constant is not all ones"]
     assert report.to_dict()["totals"] == {}
 
 
@@ -316,7 +316,7 @@ def test_the_pass_author_guide_example(monkeypatch: pytest.MonkeyPatch) -> None:
           y = Mul(t, b)
         }'''
     report = assert_rewrites_to("merge-scales{trace=true}", refused, refused)
-    assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["trace"]["merge-scales"]
+    assert "merge-scales at Mul: the merged constant would be larger than both" in report.results["merge-scales"]["trace"]
 
 
 def test_ops_of_other_domains_are_not_candidates() -> None:
@@ -329,3 +329,46 @@ def test_ops_of_other_domains_are_not_candidates() -> None:
         }"""))
     assert apply_rules(model, [DoubleNeg()]) == {"double-neg": 1}
     assert [n.domain for n in model.graph] == ["acme", "acme", ""]
+
+
+class EditsInRewrite(Rule):
+    """A rule that edits the graph itself (sets an input of a node outside its replacement)."""
+
+    name = "edits-in-rewrite"
+    pattern = op.Neg(op.Neg(Var("x")))
+
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        rw.set_input(m.root, 0, m.value("x"))
+        return m.value("x")
+
+
+class EditsAroundTheRewriter(EditsInRewrite):
+    def rewrite(self, m: Match, rw: Rewriter) -> ir.Value:
+        m.root.set_attr("tag", 1)  # straight on the IR, not through rw
+        return m.value("x")
+
+
+@pytest.mark.parametrize(("rule", "message"), [(EditsInRewrite(), "'edits-in-rewrite' made a 'input' edit"),
+                                               (EditsAroundTheRewriter(), "changed the matched Neg")])
+def test_a_rule_that_edits_is_refused(rule: Rule, message: str) -> None:
+    model = load("""
+        g (float[2] x) => (float[2] y) {
+          a = Neg(x)
+          y = Neg(a)
+        }""")
+    with pytest.raises(RuleEditError, match=message):
+        apply_rules(model, [rule])
+
+
+def test_the_driver_edits_through_the_rewriter() -> None:
+    model = load("""
+        g (float[2] x) => (float[2] y) {
+          a = Neg(x)
+          b = Neg(a)
+          y = Relu(b)
+        }""")
+    rw = ir.Rewriter(model.graph)
+    heard: list[str] = []
+    rw.listen(lambda kind, obj: heard.append(kind))
+    assert apply_rules(model, [DoubleNeg()], rewriter=rw) == {"double-neg": 1}
+    assert rw.changed and heard == ["replace", "remove", "remove"] and ops(model) == ["Relu"]

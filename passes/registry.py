@@ -11,9 +11,10 @@ import importlib.metadata
 import warnings
 from dataclasses import dataclass
 
-from optgraph.passes.base import Pass
+from optgraph.passes.base import Pass, check_analyses, with_requirements
 
 ENTRY_POINT_GROUP = "optgraph.passes"
+KINDS = ("rewrite", "annotation", "analysis")
 
 _PASSES: dict[str, type[Pass]] = {}
 _GROUPS: dict[str, Group] = {}
@@ -36,8 +37,12 @@ def register(cls: type[Pass]) -> type[Pass]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name or not getattr(cls, "description", None):
         raise TypeError(f"{cls.__qualname__} must define 'name' and 'description'")
-    if cls.kind not in ("rewrite", "analysis"):
-        raise TypeError(f"{cls.__qualname__}.kind must be 'rewrite' or 'analysis'")
+    if cls.kind not in KINDS:
+        raise TypeError(f"{cls.__qualname__}.kind must be one of {', '.join(map(repr, KINDS))}")
+    check_analyses(cls.preserves, f"{cls.__qualname__}.preserves")
+    if with_requirements(cls.preserves) != cls.preserves:
+        missing = sorted(a.__qualname__ for a in with_requirements(cls.preserves) - cls.preserves)
+        raise TypeError(f"{cls.__qualname__}.preserves keeps analyses without what they require: add {', '.join(missing)}")
     existing = _PASSES.get(name)
     if existing is not None and existing is not cls:
         raise ValueError(f"pass name '{name}' is taken by {existing.__module__}.{existing.__qualname__}")

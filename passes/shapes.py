@@ -2,7 +2,10 @@
 
 ``ctx.get(ShapeInference)`` runs ``onnx.shape_inference`` (strict off, data propagation on) over
 the serialized model once and writes what it learns into ``Value.dtype``/``Value.shape``; the
-result stays cached until a pass that changed the graph does not list "shapes" in ``preserves``.
+result stays cached until a pass that changed the graph does not list ShapeInference in
+``preserves``. The annotation lives in the IR, where every pass reads it; the cached ShapeInfo
+only records that it is current. Dropping it from the cache cannot undo the annotation and need
+not: merging only adds facts, so the next ask fills in what the rewrites since then made.
 
 Merging never loses information: a known dimension (a number or a dim_param) is never replaced,
 only unknown ones are filled in. Symbols onnx invents for dimensions it cannot name ("unk__3")
@@ -97,18 +100,13 @@ def _complete(v: ir.Value) -> bool:
 
 def _inference_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as onnx's inference needs it: large initializers by type only."""
-    graph = model.graph
-    inits = graph.initializers
-    small = {k: v for k, v in inits.items() if v.const is not None and v.const.size <= SMALL_CONSTANT
-             and not v.const.is_external}
-    graph.initializers = small  # swapped only while serializing, so weights are never copied
-    try:
-        proto = ir.to_proto(model)
-    finally:
-        graph.initializers = inits
+    def small(v: ir.Value) -> bool:
+        return v.const is not None and v.const.size <= SMALL_CONSTANT and not v.const.is_external
+
+    proto = ir.to_proto(model, initializers=small)  # weights are never copied
     declared = {vi.name for vi in proto.graph.input}
-    for name, v in inits.items():
-        if name not in small and name not in declared:
+    for name, v in model.graph.initializers.items():
+        if not small(v) and name not in declared:
             proto.graph.input.append(onnx.helper.make_tensor_value_info(name, v.dtype, v.shape))
     return proto
 
@@ -229,7 +227,8 @@ def _merge(v: ir.Value, dtype: int, shape: Shape | None) -> bool:
 class InferShapes(Pass):
     name = "infer-shapes"
     description = "Annotate values with dtypes and shapes from onnx's shape inference (keeps dim_params)"
-    preserves = frozenset({"shapes"})
+    kind = "annotation"
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         info = ctx.get(ShapeInference)
@@ -237,5 +236,5 @@ class InferShapes(Pass):
         if not info.reported:
             info.reported = True
             stats = {"values_typed": info.typed} if info.typed else {}
-        # Annotations change no result, so they never keep a fixed point going.
-        return PassResult(False, stats)
+        # An annotation changes the model but no result, so it never keeps a fixed point going.
+        return PassResult(bool(stats), stats)

@@ -8,6 +8,7 @@ stderr; the input file is never written; an output file appears complete or not 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -102,8 +103,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         dims = static.make_static(model, shapes, dims, require_static=args.static)
     after_each = _first_mismatch_guard(args.model, args, dims, shapes) if args.check_each else None
     ctx = PassContext(dims=dims)
-    with progress.status("running passes"):
-        report = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx).run(model)
+    manager = PassManager(steps, verify_each=args.verify_each, after_each=after_each, ctx=ctx)
+    try:
+        with progress.status("running passes"):
+            report = manager.run(model)
+    except Exception as e:
+        if args.reproducer and manager.failed is not None:
+            from optgraph.runtime import reproducer
+
+            reproducer.save(args.reproducer, args.model, args.passes or "default", manager.failed, e)
+            print(f"optgraph: reproducer saved in {args.reproducer}", file=sys.stderr)
+        raise
     if shapes or args.static:
         static.fix_outputs(model)
     check = None
@@ -294,8 +304,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.passes.liveness import TensorInfos
-    from optgraph.passes.memory_plan import check_plan, format_plan, plan_memory, plot_plan
+    from optgraph.passes.memory.liveness import TensorInfos
+    from optgraph.passes.memory import PlanOptions, check_plan, format_plan, plan_memory, plot_plan
 
     steps = parse_pipeline(args.passes)
     for out in filter(None, (args.json, args.plot)):
@@ -305,9 +315,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with progress.status("running passes") as update:
         PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
         update("planning memory")
-        plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order,
-                           alignment=args.alignment, inplace=not args.no_inplace, concat=not args.no_concat,
-                           split=not args.no_split, dims=ctx.dims)
+        options = PlanOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PlanOptions)})
+        plan = plan_memory(model, ctx.get(TensorInfos), options, dims=ctx.dims)
     print(format_plan(plan))
     if args.json:
         _write_json(args.json, plan.to_json())
@@ -327,6 +336,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # parser and entry point
+
+
+def _option_arguments(p: argparse.ArgumentParser, options: type) -> None:
+    """Arguments generated from an options dataclass: ``--name VALUE`` (choices and help from the
+    field's metadata), ``--no-name`` for a flag that is on by default."""
+    for f in dataclasses.fields(options):
+        flag, help_ = f.name.replace("_", "-"), f.metadata.get("help")
+        if isinstance(f.default, bool):
+            p.add_argument(f"--no-{flag}" if f.default else f"--{flag}", dest=f.name, default=f.default,
+                           action="store_false" if f.default else "store_true",
+                           help=f"no {help_}" if f.default and help_ else help_)
+        else:
+            p.add_argument(f"--{flag}", type=type(f.default), default=f.default, choices=f.metadata.get("choices"),
+                           help=help_)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "is folded by the pipeline")
     run.add_argument("--static", action="store_true",
                      help="write the sizes of --dim and --shape into the model; every input must end up static")
+    run.add_argument("--reproducer", metavar="DIR",
+                     help="when a pass fails, save the input model and the pipeline to DIR to rerun it")
     oracle_options(run)
     tolerances(run)
     run.set_defaults(func=cmd_run)
@@ -392,13 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("model", help="the ONNX model")
     plan.add_argument("--json", metavar="OUT", help="write the plan as JSON (schema: docs/memory-planning.md)")
     plan.add_argument("--plot", metavar="OUT.png", help="draw the memory timeline (matplotlib)")
-    plan.add_argument("--strategy", choices=["greedy-size", "greedy-breadth"], default="greedy-breadth")
-    plan.add_argument("--order", choices=["file", "memory"], default="file",
-                      help="memory: a schedule with a lower peak when there is one")
-    plan.add_argument("--alignment", type=int, default=256, help="byte alignment of each buffer (default 256)")
-    plan.add_argument("--no-inplace", action="store_true", help="no in-place aliases")
-    plan.add_argument("--no-concat", action="store_true", help="no concat aliases")
-    plan.add_argument("--no-split", action="store_true", help="no split aliases")
+    from optgraph.passes.memory.options import PlanOptions
+
+    _option_arguments(plan, PlanOptions)
     plan.add_argument("--passes", default="none", help="run this pipeline first (e.g. fuse); default: none")
     plan.add_argument("--check", action="store_true",
                       help="run the model in the planned arena, compare with onnxruntime; exit 1 on mismatch")

@@ -28,7 +28,7 @@ from onnx.reference import ReferenceEvaluator
 from optgraph import ir
 from optgraph.ir import progress
 from optgraph.ir.order import outer_inputs
-from optgraph.passes.memory_plan import MemoryPlan, Placement, contiguous_concat
+from optgraph.passes.memory import MemoryPlan, Placement, contiguous_concat
 from optgraph.passes.testing.oracle import Comparison, compare_arrays, make_session, random_inputs
 
 POISON = 0xFF

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 
 from optgraph import ir
 from optgraph.passes import run_passes
-from optgraph.passes.liveness import tensor_infos
-from optgraph.passes.memory_plan import MemoryPlan, check_plan, plan_memory
-from optgraph.passes.memory_plan_test import edited
+from optgraph.passes.memory.liveness import tensor_infos
+from optgraph.passes.memory import MemoryPlan, check_plan, plan_memory
+from optgraph.passes.memory.plan_test import edited
 from optgraph.passes.testing.strategies import GraphBuilder
 from optgraph.runtime.executor import ArenaExecutor, ExecutionError, check_by_execution
 from optgraph.passes.testing.oracle import random_inputs

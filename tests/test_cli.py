@@ -562,3 +562,37 @@ def test_output_to_stdout_and_closed_pipe(tmp_path: Path) -> None:
     assert b"top-level nodes" in done.stderr  # the summary goes to stderr when stdout holds the model
     piped = subprocess.run(f"{' '.join(cli)} list | head -1", shell=True, capture_output=True, text=True)
     assert piped.stdout == "passes:\n" and piped.stderr == ""
+def test_a_failing_pass_leaves_a_reproducer(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin-style pass that crashes: the error names it, --reproducer saves what reruns it."""
+    from dataclasses import dataclass
+
+    from optgraph.passes import Pass, PassContext, PassResult, register, registry
+
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+
+    @register
+    class Crash(Pass):
+        name = "test-crash"
+        description = "fails on purpose"
+
+        @dataclass
+        class Options:
+            after: int = 0
+
+        def run(self, model: object, ctx: PassContext) -> PassResult:
+            raise ZeroDivisionError("deliberate")
+
+    model = write(tmp_path / "m.onnx")
+    out, folder = tmp_path / "o.onnx", tmp_path / "repro"
+    spec = "dce,test-crash{after=2},dce"
+    code, _, err = run_cli(capsys, "run", str(model), "-o", str(out), "--passes", spec, "--reproducer", str(folder))
+    assert code == 3 and "pass 'test-crash' failed: ZeroDivisionError: deliberate" in err and not out.exists()
+    assert f"reproducer saved in {folder}" in err
+    assert (folder / "model.onnx").read_bytes() == model.read_bytes()
+    assert (folder / "pipeline.txt").read_text().strip() == spec
+    info = json.loads((folder / "reproducer.json").read_text())
+    assert info["failed_pass"] == "test-crash{after=2}" and "ZeroDivisionError" in info["error"]
+    code, _, err = run_cli(capsys, "run", str(folder / "model.onnx"), "-o", str(out), "--passes",
+                           (folder / "pipeline.txt").read_text().strip())
+    assert code == 3 and "pass 'test-crash' failed" in err

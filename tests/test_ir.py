@@ -497,3 +497,64 @@ def test_omit_output_refuses_used_outputs_and_trims_trailing_ones() -> None:
     split.omit_output(2)
     assert [v.name if v else None for v in split.outputs] == ["a", "b"]
     ir.verify(model)
+
+
+def _loaded_leaky_relu() -> ir.Model:
+    node = oh.make_node("LeakyRelu", ["x"], ["y"], name="act", alpha=0.1)
+    node.metadata_props.add(key="origin", value="export")
+    return ir.from_proto(make_model([node], ["x"], ["y"]))
+
+
+def test_loaded_node_attrs_and_metadata_are_read_only_views() -> None:
+    # These edits used to succeed and were silently lost on save: the node kept its loaded proto.
+    node = next(iter(_loaded_leaky_relu().graph))
+    with pytest.raises(TypeError):
+        node.attrs["alpha"] = ir.Attr("alpha", ir.AT.FLOAT, 0.5)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        node.metadata_props["origin"] = "edited"  # type: ignore[index]
+    value = node.output
+    with pytest.raises(TypeError):
+        value.metadata_props["k"] = "v"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        value.producer = None  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        node.graph.initializers["w"] = value  # type: ignore[index]
+
+
+def test_attribute_and_metadata_edits_on_a_loaded_node_are_saved() -> None:
+    model = _loaded_leaky_relu()
+    node = next(iter(model.graph))
+    node.set_attr("alpha", 0.5)
+    node.set_metadata("origin", "edited")
+    node.set_metadata("pass", "test")
+    saved = ir.to_proto(model).graph.node[0]
+    assert oh.get_attribute_value(saved.attribute[0]) == pytest.approx(0.5)
+    assert {p.key: p.value for p in saved.metadata_props} == {"origin": "edited", "pass": "test"}
+    again = ir.from_proto(ir.to_proto(model))
+    node = next(iter(again.graph))
+    node.set_metadata("origin", None)
+    assert {p.key: p.value for p in ir.to_proto(again).graph.node[0].metadata_props} == {"pass": "test"}
+
+
+def test_the_rewriter_records_every_edit_and_shares_its_record() -> None:
+    model = _loaded_leaky_relu()
+    node = next(iter(model.graph))
+    rw = ir.Rewriter(model.graph)
+    heard: list[str] = []
+    rw.listen(lambda kind, obj: heard.append(kind))
+    assert not rw.changed
+    rw.set_input(node, 0, node.inputs[0])  # the same value: no edit
+    assert not rw.changed and heard == []
+    rw.set_attr(node, "alpha", 0.2)
+    rw.set_metadata(node, "origin", None)
+    neg = rw.make_node("Neg", [node.inputs[0]])
+    rw.replace(node.output, neg.output)
+    rw.remove(node)
+    sub = ir.Rewriter(ir.Graph("other"))
+    assert rw.on(model.graph) is rw and not sub.changed
+    other = rw.on(ir.Graph("body"))
+    assert other.changed  # one record
+    assert heard == ["attr", "metadata", "create", "replace", "remove"]
+    ir.verify(model)
+    saved = ir.to_proto(model).graph
+    assert [n.op_type for n in saved.node] == ["Neg"] and saved.output[0].name == "y"

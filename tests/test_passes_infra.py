@@ -15,7 +15,7 @@ from onnx import parser
 from optgraph import ir
 from optgraph.passes import (Analysis, Pass, PassContext, PassManager, PassResult, PipelineError, counter,
                              parse_pipeline, register, register_group, registry)
-from optgraph.passes.manager import FixedPoint
+from optgraph.passes.manager import FixedPoint, PassFailure
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -175,7 +175,7 @@ def test_analysis_cache_is_dropped_unless_preserved(scratch_registry: None) -> N
     PassManager(parse_pipeline("test-reader,test-reader,test-remove-one-relu,test-reader")).run(model())
     assert seen == [4, 4, 3] and len(calls) == 2
 
-    RemoveOneRelu.preserves = frozenset({"test-count"})
+    RemoveOneRelu.preserves = frozenset({CountNodes})
     try:
         calls.clear(), seen.clear()
         PassManager(parse_pipeline("test-reader,test-remove-one-relu,test-reader")).run(model())
@@ -241,3 +241,90 @@ def test_without_the_plugin_its_pass_is_unknown(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "optgraph.runtime.cli", "run", str(src), "-o",
                            str(tmp_path / "o.onnx"), "--passes", "strip-doc-strings"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown pass or group 'strip-doc-strings'" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# analyses keyed by class
+
+
+class Base(Analysis[int]):
+    name = "test-base"
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> int:
+        order.append("base")
+        return len(model.graph)
+
+
+class Derived(Analysis[int]):
+    name = "test-derived"
+    requires = frozenset({Base})
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> int:
+        order.append("derived")
+        return 2 * len(model.graph)
+
+
+order: list[str] = []
+
+
+def test_preserves_must_name_analysis_classes(scratch_registry: None) -> None:
+    class Stringly(Pass):
+        name = "test-stringly"
+        description = "preserves by name"
+        preserves = frozenset({"shapes"})  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="frozenset of Analysis classes"):
+        register(Stringly)
+
+
+def test_preserving_an_analysis_needs_what_it_requires(scratch_registry: None) -> None:
+    class Half(Pass):
+        name = "test-half"
+        description = "keeps the derived analysis but not its base"
+        preserves = frozenset({Derived})
+
+    with pytest.raises(TypeError, match="add Base"):
+        register(Half)
+    Half.preserves = frozenset({Derived, Base})
+    register(Half)
+
+
+def test_requires_must_name_analysis_classes() -> None:
+    with pytest.raises(TypeError, match="requires"):
+        class Bad(Analysis[int]):  # noqa: F841
+            name = "test-bad"
+            requires = frozenset({"test-base"})  # type: ignore[arg-type]
+
+
+def test_requirements_come_first_and_dropping_one_drops_its_dependents() -> None:
+    ctx = PassContext()
+    ctx.bind(model())
+    order.clear()
+    assert ctx.get(Derived) == 8 and order == ["base", "derived"]
+    ctx.invalidate(frozenset({Base}))  # Derived is not preserved
+    assert ctx.get(Derived) == 8 and order == ["base", "derived", "derived"]
+    ctx.invalidate(frozenset({Derived}))  # Derived is, but what it read is not: both go
+    ctx.get(Derived)
+    assert order[3:] == ["base", "derived"]
+
+
+def test_a_crashing_pass_is_named(scratch_registry: None) -> None:
+    @register
+    class Crash(Pass):
+        name = "test-crash"
+        description = "fails on purpose"
+
+        def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+            raise KeyError("deliberate")
+
+    manager = PassManager(parse_pipeline("test-crash"))
+    with pytest.raises(PassFailure, match="pass 'test-crash' failed: KeyError") as caught:
+        manager.run(model())
+    assert isinstance(caught.value.__cause__, KeyError) and type(manager.failed) is Crash
+
+
+def test_infer_shapes_reports_its_annotation_without_driving_a_fixed_point(scratch_registry: None) -> None:
+    register_group("test-annotate", ["infer-shapes"], "annotate", fixed_point=True)
+    report = PassManager(parse_pipeline("test-annotate")).run(model())
+    assert report.passes[0].changed and report.passes[0].stats == {"values_typed": 3}
+    assert report.converged == {"test-annotate": True} and report.iterations == {"test-annotate": 1}

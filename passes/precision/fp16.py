@@ -116,15 +116,16 @@ class _MixedPrecision(Pass):
         ctx.get(ShapeInference)  # dtypes of every tensor
         plans = self._plans(model, ctx)
         stats = counter()
+        rw = ir.Rewriter(model.graph)
         if plans:
-            _Converter(model.graph, self.target, self.options.keep_io, stats).convert(plans)
+            _Converter(rw, self.target, self.options.keep_io, stats).convert(plans)
             for node in plans:
                 fn = model.functions.get((node.domain, node.op_type, node.overload))
                 if fn is not None and _float_constants(fn.graph):
-                    node.op_type = _low_function(model, fn, self.target).name
+                    rw.set_op_type(node, _low_function(rw, model, fn, self.target).name)
                     stats["function_calls_retyped"] += 1
         stats["nodes_low_precision"] = len(plans)
-        return PassResult(bool(stats["casts_inserted"] or stats["nodes_converted"]), stats)
+        return PassResult(rw.changed, stats)
 
     # --- which nodes run in low precision ---------------------------------------------------
     def _plans(self, model: ir.Model, ctx: PassContext) -> dict[ir.Node, _Plan]:
@@ -223,7 +224,7 @@ def _body_convertible(graph: ir.Graph, opset: int, target: int) -> bool:
     return True
 
 
-def _low_function(model: ir.Model, fn: ir.Function, target: int) -> ir.Function:
+def _low_function(rw: ir.Rewriter, model: ir.Model, fn: ir.Function, target: int) -> ir.Function:
     """``fn`` with its float Constants in ``target``: added to the model once, under a new name."""
     suffix = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}[target]
     key = (fn.domain, f"{fn.name}_{suffix}", fn.overload)
@@ -245,7 +246,7 @@ def _low_function(model: ir.Model, fn: ir.Function, target: int) -> ir.Function:
     shell = onnx.helper.make_model(onnx.helper.make_graph([], "shell", [], []), functions=[fp],
                                    opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()])
     new = ir.from_proto(shell).functions[key]
-    model.functions[key] = new
+    rw.add_function(model, new)
     return new
 
 
@@ -258,8 +259,8 @@ def _overflows(value: ir.Value | None, limit: float) -> bool:
 class _Converter:
     """Rewires one graph for a set of low-precision nodes, with one Cast per boundary tensor."""
 
-    def __init__(self, graph: ir.Graph, target: int, keep_io: bool, stats: dict[str, int]) -> None:
-        self.graph, self.target, self.keep_io, self.stats = graph, target, keep_io, stats
+    def __init__(self, rw: ir.Rewriter, target: int, keep_io: bool, stats: dict[str, int]) -> None:
+        self.rw, self.graph, self.target, self.keep_io, self.stats = rw, rw.graph, target, keep_io, stats
         self.np_dtype = _TARGETS[target][1]
         self.suffix = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}[target]
         self.low: set[ir.Value] = set()  # values now in the target type
@@ -271,7 +272,7 @@ class _Converter:
         if not self.keep_io:
             for v in graph.inputs:
                 if v.dtype == FLOAT and v.const is None:
-                    v.dtype = self.target
+                    self.rw.set_type(v, self.target)
                     self.low.add(v)
         order = list(graph)
         for k, node in enumerate(order):
@@ -290,7 +291,7 @@ class _Converter:
                 for inner in sub.all_nodes():
                     for i, v in enumerate(inner.inputs):
                         if v is not None and v in self.low:
-                            inner.set_input(i, self._get(v, FLOAT, node))
+                            self.rw.set_input(inner, i, self._get(v, FLOAT, node))
             if plan is not None:
                 after = order[k + 1] if k + 1 < len(order) else None
                 for i in sorted(plan.outputs):
@@ -302,20 +303,20 @@ class _Converter:
         assert value is not None
         new = self._get(value, dtype, node)
         if new is not value:
-            node.set_input(i, new)
+            self.rw.set_input(node, i, new)
             self.bypassed.append(value)
 
     def _lower_output(self, value: ir.Value, after: ir.Node | None) -> None:
         """Make ``value`` a low-precision tensor; a graph output keeps its name and float32 type
         through one Cast, which every float32 reader shares."""
         if value.is_graph_output and self.keep_io:
-            cast = self.graph.make_node("Cast", [value], {"to": FLOAT}, name=f"{value.name}_to_fp32", before=after)
-            cast.output.dtype, cast.output.shape = FLOAT, value.shape
-            self.graph.replace_value(value, cast.output)
-            cast.set_input(0, value)
+            cast = self.rw.make_node("Cast", [value], {"to": FLOAT}, name=f"{value.name}_to_fp32", before=after)
+            self.rw.set_type(cast.output, FLOAT, value.shape)
+            self.rw.replace(value, cast.output)
+            self.rw.set_input(cast, 0, value)
             self.cache[(cast.output, self.target)] = value
             self.stats["casts_inserted"] += 1
-        value.dtype = self.target
+        self.rw.set_type(value, self.target)
         self.low.add(value)
 
     def _get(self, value: ir.Value, dtype: int, before: ir.Node) -> ir.Value:
@@ -325,7 +326,7 @@ class _Converter:
             return self.cache[key]
         array = ir.constant_array(value) if dtype == self.target else None
         if array is not None:
-            new = self.graph.add_initializer(array.astype(self.np_dtype), f"{value.name}_{self.suffix}")
+            new = self.rw.add_initializer(array.astype(self.np_dtype), f"{value.name}_{self.suffix}")
             self.stats["initializers_converted"] += 1
         else:
             producer = value.producer
@@ -337,10 +338,10 @@ class _Converter:
                 new = value
             else:
                 suffix = self.suffix if dtype == self.target else "fp32"
-                cast = self.graph.make_node("Cast", [value], {"to": dtype}, name=f"{value.name}_to_{suffix}",
-                                            before=before)
+                cast = self.rw.make_node("Cast", [value], {"to": dtype}, name=f"{value.name}_to_{suffix}",
+                                         before=before)
                 new = cast.output
-                new.dtype, new.shape = dtype, value.shape
+                self.rw.set_type(new, dtype, value.shape)
                 self.stats["casts_inserted"] += 1
         self.cache[key] = new
         return new
@@ -352,12 +353,12 @@ class _Converter:
                 continue
             if value.const is not None:
                 if value.name in self.graph.initializers:
-                    self.graph.remove_initializer(value)
+                    self.rw.remove_initializer(value)
                 continue
             node = value.producer
             if (node is not None and node.graph is self.graph and node.op_type in ("Cast", "Constant", "Identity")
                     and not any(o is not None and o.is_used for o in node.outputs)):
-                self.graph.remove(node)
+                self.rw.remove(node)
                 self.stats["casts_retargeted" if node.op_type == "Cast" else "constants_converted"] += 1
                 if node.inputs and node.inputs[0] is not None:
                     self.bypassed.append(node.inputs[0])

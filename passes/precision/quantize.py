@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from optgraph import ir
-from optgraph.ir.order import sort
+from optgraph.ir.order import topological_order
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
 from optgraph.passes.shapes import ShapeInference
@@ -108,9 +108,10 @@ class QuantizeInt8(Pass):
         opt = self.options
         name_re = re.compile(opt.exclude) if opt.exclude else None
         graph = model.graph
+        rw = ir.Rewriter(graph)
         stats = counter()
         qdq: dict[str, ir.Value] = {}
-        zero = graph.add_initializer(np.zeros((), np.int8), "int8_zero")
+        zero = rw.add_initializer(np.zeros((), np.int8), "int8_zero")
 
         def activation(value: ir.Value, before: ir.Node) -> ir.Value | None:
             if value.name in qdq:
@@ -118,12 +119,12 @@ class QuantizeInt8(Pass):
             top = ranges.get(value.name)
             if top is None or not top > 0 or value.dtype != FLOAT:
                 return None
-            scale = graph.add_initializer(np.array(top / 127.0, np.float32), f"{value.name}_scale")
-            q = graph.make_node("QuantizeLinear", [value, scale, zero], name=f"{value.name}_quantize", before=before)
-            q.output.dtype, q.output.shape = onnx.TensorProto.INT8, value.shape
-            dq = graph.make_node("DequantizeLinear", [q.output, scale, zero], name=f"{value.name}_dequantize",
-                                 before=before)
-            dq.output.dtype, dq.output.shape = FLOAT, value.shape
+            scale = rw.add_initializer(np.array(top / 127.0, np.float32), f"{value.name}_scale")
+            q = rw.make_node("QuantizeLinear", [value, scale, zero], name=f"{value.name}_quantize", before=before)
+            rw.set_type(q.output, onnx.TensorProto.INT8, value.shape)
+            dq = rw.make_node("DequantizeLinear", [q.output, scale, zero], name=f"{value.name}_dequantize",
+                          before=before)
+            rw.set_type(dq.output, FLOAT, value.shape)
             qdq[value.name] = dq.output
             stats["activations_quantized"] += 1
             return dq.output
@@ -149,20 +150,20 @@ class QuantizeInt8(Pass):
                 shape = [1] * array.ndim
                 shape[axis] = -1
                 q = np.clip(np.round(array / scales.reshape(shape)), -127, 127).astype(np.int8)
-                wq = graph.add_initializer(q, f"{w.name}_int8")
-                ws = graph.add_initializer(scales, f"{w.name}_scale")
-                wz = graph.add_initializer(np.zeros(len(scales), np.int8), f"{w.name}_zero")
-                dq = graph.make_node("DequantizeLinear", [wq, ws, wz], {"axis": axis}, name=f"{w.name}_dequantize",
-                                     before=node)
-                dq.output.dtype, dq.output.shape = FLOAT, w.shape
+                wq = rw.add_initializer(q, f"{w.name}_int8")
+                ws = rw.add_initializer(scales, f"{w.name}_scale")
+                wz = rw.add_initializer(np.zeros(len(scales), np.int8), f"{w.name}_zero")
+                dq = rw.make_node("DequantizeLinear", [wq, ws, wz], {"axis": axis}, name=f"{w.name}_dequantize",
+                              before=node)
+                rw.set_type(dq.output, FLOAT, w.shape)
                 weights[key] = dq.output
                 stats["weights_quantized"] += 1
             dx = activation(x, node)
             assert dx is not None
-            node.set_input(0, dx)
-            node.set_input(1, weights[key])
+            rw.set_input(node, 0, dx)
+            rw.set_input(node, 1, weights[key])
             if not w.is_used and not w.is_graph_output and w.name in graph.initializers:
-                graph.remove_initializer(w)
+                rw.remove_initializer(w)
             quantized.add(node)
             stats["layers_quantized"] += 1
         if opt.residual:
@@ -181,10 +182,10 @@ class QuantizeInt8(Pass):
                 assert value is not None
                 dv = activation(value, node)
                 if dv is not None:
-                    node.set_input(other, dv)
+                    rw.set_input(node, other, dv)
                     stats["residuals_quantized"] += 1
         if not zero.is_used:
-            graph.remove_initializer(zero)
+            rw.remove_initializer(zero)
         if stats["residuals_quantized"]:
-            sort(graph)  # a Q/DQ made for a later layer may now also feed an earlier Add
-        return PassResult(bool(stats["layers_quantized"]), stats)
+            rw.reorder(topological_order(graph))  # a Q/DQ made for a later layer may now also feed an earlier Add
+        return PassResult(rw.changed, stats)

@@ -9,10 +9,11 @@
 """
 
 from optgraph.passes.testing.check import check_pass
+from optgraph.passes.testing.mutants import assert_idempotent, assert_mutant_caught
 from optgraph.passes.testing.strategies import MOTIFS, OPS, GraphBuilder, NotApplicable, models
 from optgraph.passes.testing.oracle import Comparison, assert_equivalent, compare, random_inputs
 
 __all__ = [
-    "MOTIFS", "OPS", "Comparison", "GraphBuilder", "NotApplicable", "assert_equivalent", "check_pass", "compare",
-    "models", "random_inputs",
+    "MOTIFS", "OPS", "Comparison", "GraphBuilder", "NotApplicable", "assert_equivalent", "assert_idempotent",
+    "assert_mutant_caught", "check_pass", "compare", "models", "random_inputs",
 ]

@@ -12,9 +12,10 @@ class StripDocStrings(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        rw = ir.Rewriter(model.graph)  # every edit goes through a rewriter, which records it
         for graph in model.all_graphs():
             for node in graph:
                 if node.doc_string:
-                    node.doc_string = ""
+                    rw.on(graph).set_doc_string(node, "")
                     stats["doc_strings_removed"] += 1
-        return PassResult(bool(stats), stats)
+        return PassResult(rw.changed, stats)

@@ -12,7 +12,7 @@ from hypothesis import given
 from optgraph.passes.testing import check_pass, models
 from optgraph.runtime.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "inception_mini.onnx"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inception_mini.onnx"
 ORT_NEWEST = 26
 
 

@@ -60,18 +60,19 @@ def fused_call(m: Match, rw: Rewriter, tail: list[ir.Node]) -> ir.Value:
     """A call of the function computing the matched conv followed by ``tail``, named as the conv."""
     conv = m.node("conv")
     inputs = [m.value("x"), m.value("w"), *([m.value("b")] if m.optional("b") is not None else [])]
-    out = rw.op(fused_function(rw.model, conv, tail, len(inputs) == 3), inputs, domain=FUSED_DOMAIN)
+    out = rw.op(fused_function(rw, conv, tail, len(inputs) == 3), inputs, domain=FUSED_DOMAIN)
     assert isinstance(out, ir.Value) and out.producer is not None
     out.producer.name = conv.name
     return out
 
 
-def fused_function(model: ir.Model, conv: ir.Node, tail: list[ir.Node], bias: bool) -> str:
+def fused_function(rw: Rewriter, conv: ir.Node, tail: list[ir.Node], bias: bool) -> str:
     """The name of the function computing ``conv`` then the ``tail`` nodes, added to the model if new.
 
     The signature that names it records, for each tail node, its op, attributes, and where each
     input comes from: the conv, an earlier tail node, or a constant (by value).
     """
+    model = rw.model
     source: dict[int, Any] = {id(conv.output): "conv", **{id(n.output): k for k, n in enumerate(tail)}}
 
     def origin(v: ir.Value | None) -> Any:
@@ -85,9 +86,7 @@ def fused_function(model: ir.Model, conv: ir.Node, tail: list[ir.Node], bias: bo
     signature = repr((tuple(wiring), attrs_key(conv), bias, model.opset()))
     name = f"Conv{''.join(n.op_type for n in tail)}_{hashlib.sha1(signature.encode()).hexdigest()[:8]}"
     if (FUSED_DOMAIN, name, "") not in model.functions:
-        model.functions[(FUSED_DOMAIN, name, "")] = _function(model, name, conv, tail, bias)
-        model.opset_imports.setdefault(FUSED_DOMAIN, 1)
-        model.ir_version = max(model.ir_version, 8)  # model-local functions came with IR version 8
+        rw.add_function(model, _function(model, name, conv, tail, bias))
     return name
 
 
@@ -134,37 +133,38 @@ class InlineFused(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        root = ir.Rewriter(model.graph)
         for graph in list(model.all_graphs(functions=False)):
             for node in graph:
                 fn = model.functions.get((node.domain, node.op_type, node.overload))
                 if fn is not None and node.domain == FUSED_DOMAIN:
-                    inline_call(graph, node, fn)
+                    inline_call(root.on(graph), node, fn)
                     stats["calls_inlined"] += 1
         used = {(n.domain, n.op_type, n.overload) for g in model.all_graphs() for n in g}
         for key in [k for k in model.functions if k[0] == FUSED_DOMAIN and k not in used]:
-            del model.functions[key]
+            root.remove_function(model, key)
             stats["functions_removed"] += 1
         if not any(d == FUSED_DOMAIN for d, _, _ in [*used, *model.functions]):
-            model.opset_imports.pop(FUSED_DOMAIN, None)
-        return PassResult(bool(stats), stats)
+            root.drop_opset(model, FUSED_DOMAIN)
+        return PassResult(root.changed, stats)
 
 
-def inline_call(graph: ir.Graph, call: ir.Node, fn: ir.Function) -> None:
+def inline_call(rw: ir.Rewriter, call: ir.Node, fn: ir.Function) -> None:
     """Replace ``call`` by a copy of ``fn``'s body (attribute references resolved from the call)."""
     mapping: dict[int, ir.Value | None] = {id(fi): ci for fi, ci in zip(fn.graph.inputs, call.inputs)}
     for inner in fn.graph:
-        new = graph.make_node(inner.op_type, [None if v is None else mapping.get(id(v)) for v in inner.inputs],
-                              outputs=len(inner.outputs), domain=inner.domain,
-                              name=f"{call.name}/{inner.name or inner.op_type}", before=call)
+        new = rw.make_node(inner.op_type, [None if v is None else mapping.get(id(v)) for v in inner.inputs],
+                           outputs=len(inner.outputs), domain=inner.domain,
+                           name=f"{call.name}/{inner.name or inner.op_type}", before=call)
         for a in inner.attrs.values():
             source = call.attrs.get(a.ref) if a.ref else a
             if source is not None:
-                new.set_attr(a.name, source.value, source.type)
+                rw.set_attr(new, a.name, source.value, source.type)
         for fo, no in zip(inner.outputs, new.outputs):
             mapping[id(fo)] = no
     for fo, co in zip(fn.graph.outputs, call.outputs):
         new_out = mapping[id(fo)]
         if co is not None and new_out is not None:
-            new_out.dtype, new_out.shape = co.dtype, co.shape
-            graph.replace_value(co, new_out)
-    graph.remove(call)
+            rw.set_type(new_out, co.dtype, co.shape)
+            rw.replace(co, new_out)
+    rw.remove(call)

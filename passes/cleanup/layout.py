@@ -87,7 +87,7 @@ def single_op(source: tuple[int, ...], result: np.ndarray) -> tuple[str, list[in
 class SimplifyLayout(Pass):
     name = "simplify-layout"
     description = "Collapse Reshape/Transpose chains and Reshapes around elementwise ops into single ops"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     @dataclass
     class Options:
@@ -96,20 +96,22 @@ class SimplifyLayout(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
         ctx.get(ShapeInference)
+        root = ir.Rewriter(model.graph)
         for graph, opset in ops.graphs_with_opset(model):
+            rw = root.on(graph)
             for node in graph:
                 if not ops.is_onnx(node) or node.op_type not in LAYOUT_OPS:
                     continue
-                if node.op_type == "Reshape" and self._reshape_of_reshape(node):
+                if node.op_type == "Reshape" and self._reshape_of_reshape(rw, node):
                     stats["reshape_of_reshape"] += 1
-                if self._chain(graph, node, opset, stats):
+                if self._chain(rw, node, opset, stats):
                     continue
-                if node.op_type == "Reshape" and node.graph is graph and self._sandwich(graph, node):
+                if node.op_type == "Reshape" and node.graph is graph and self._sandwich(rw, node):
                     stats["reshapes_around_elementwise"] += 2
-        return PassResult(bool(stats), +stats)
+        return PassResult(root.changed, +stats)
 
     @staticmethod
-    def _reshape_of_reshape(node: ir.Node) -> bool:
+    def _reshape_of_reshape(rw: ir.Rewriter, node: ir.Node) -> bool:
         inner = node.inputs[0].producer if node.inputs[0] is not None else None
         if inner is None or inner.op_type not in ("Reshape", "Flatten") or not ops.is_onnx(inner):
             return False
@@ -118,10 +120,10 @@ class SimplifyLayout(Pass):
             return False  # 0 copies a dim of the intermediate, which the inner input may not have
         if inner.op_type == "Reshape" and inner.attr("allowzero", 0):
             return False  # a literal 0 dim: the element count may be 0 either way; stay exact
-        node.set_input(0, inner.inputs[0])
+        rw.set_input(node, 0, inner.inputs[0])
         return True
 
-    def _chain(self, graph: ir.Graph, head: ir.Node, opset: int, stats: Counter[str]) -> bool:
+    def _chain(self, rw: ir.Rewriter, head: ir.Node, opset: int, stats: Counter[str]) -> bool:
         """Replace the longest stretch of the layout run starting at ``head`` that amounts to a
         single op (the stretch may start further down the run) by that op."""
         x = head.inputs[0]
@@ -129,6 +131,7 @@ class SimplifyLayout(Pass):
         if x is None or (src is not None and src.op_type in LAYOUT_OPS and len(x.consumers) == 1
                          and not x.is_graph_output):
             return False  # not the head of its run
+        graph = rw.graph
         run = [head]
         while True:
             out = run[-1].output
@@ -141,7 +144,7 @@ class SimplifyLayout(Pass):
         for start in range(len(run) - 1):
             found = self._stretch(run[start:], opset)
             if found is not None:
-                return self._replace(graph, run[start:start + found[0]], found[1], stats)
+                return self._replace(rw, run[start:start + found[0]], found[1], stats)
         return False
 
     def _stretch(self, run: list[ir.Node], opset: int) -> tuple[int, tuple[str, list[int]]] | None:
@@ -162,31 +165,31 @@ class SimplifyLayout(Pass):
         return best
 
     @staticmethod
-    def _replace(graph: ir.Graph, stretch: list[ir.Node], single: tuple[str, list[int]],
+    def _replace(rw: ir.Rewriter, stretch: list[ir.Node], single: tuple[str, list[int]],
                  stats: Counter[str]) -> bool:
         op, params = single
         x, last = stretch[0].inputs[0], stretch[-1]
         assert x is not None
         if op == "Identity":
+            if not rw.is_free(last.output, x):
+                return False  # a new node's output could always take the name
             new = x
         elif op == "Transpose":
-            new = graph.make_node("Transpose", [x], {"perm": params}, name=last.name or "Transpose", before=last).output
+            new = rw.make_node("Transpose", [x], {"perm": params}, name=last.name or "Transpose", before=last).output
         else:
-            target = graph.add_initializer(np.array(params, np.int64), "shape")
-            new = graph.make_node("Reshape", [x, target], name=last.name or "Reshape", before=last).output
-        if not graph.replace_if_free(last.output, new):
-            if new is not x:
-                graph.remove(new.producer)  # type: ignore[arg-type]
-            return False
+            target = rw.add_initializer(np.array(params, np.int64), "shape")
+            new = rw.make_node("Reshape", [x, target], name=last.name or "Reshape", before=last).output
+        rw.replace(last.output, new)
         for n in reversed(stretch):
             if not any(v is not None and v.is_used for v in n.outputs):
-                graph.remove(n)
+                rw.remove(n)
         stats[f"chain_to_{op.lower()}"] += 1
         return True
 
     @staticmethod
-    def _sandwich(graph: ir.Graph, first: ir.Node) -> bool:
+    def _sandwich(rw: ir.Rewriter, first: ir.Node) -> bool:
         """Reshape -> elementwise region -> Reshapes back to the input shape: drop both sides."""
+        graph = rw.graph
         x, u = first.inputs[0], first.output
         source = _static(x.shape) if x is not None else None
         target = _static(u.shape)
@@ -223,11 +226,11 @@ class SimplifyLayout(Pass):
                 if c is None or c.size != 1 or len(c.shape) > rank:
                     return False
         for user in region.values():
-            user.replace_input(u, x)
-            user.output.shape = x.shape
+            rw.replace_input(user, u, x)
+            rw.set_type(user.output, shape=x.shape)
         for ex in exits.values():
-            graph.replace_value(ex.output, ex.inputs[0])  # a region value: it can take an output's name
-            graph.remove(ex)
+            rw.replace(ex.output, ex.inputs[0])  # a region value: it can take an output's name
+            rw.remove(ex)
         if not u.is_used:
-            graph.remove(first)
+            rw.remove(first)
         return True

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from onnx import numpy_helper, parser
 
-from optgraph.passes import fold
+from optgraph.passes.cleanup import fold
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import models

@@ -21,6 +21,7 @@ from optgraph import ir
 from optgraph.ir.opset import COMMUTATIVE, RANDOM_OPS
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
+from optgraph.passes.shapes import ShapeInference
 
 _DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
@@ -74,7 +75,7 @@ class _Digests:
 class CommonSubexpressionElimination(Pass):
     name = "cse"
     description = "Merge nodes with the same op, attributes and inputs, and initializers with equal contents"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -82,13 +83,15 @@ class CommonSubexpressionElimination(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        root = ir.Rewriter(model.graph)
         for graph in model.all_graphs():
-            stats["initializers_merged"] += self._merge_initializers(graph)
-            stats["nodes_merged"] += self._merge_nodes(graph)
+            stats["initializers_merged"] += self._merge_initializers(root.on(graph))
+            stats["nodes_merged"] += self._merge_nodes(root.on(graph))
         stats = +stats
-        return PassResult(bool(stats), stats)
+        return PassResult(root.changed, stats)
 
-    def _merge_initializers(self, graph: ir.Graph) -> int:
+    def _merge_initializers(self, rw: ir.Rewriter) -> int:
+        graph = rw.graph
         by_type: dict[tuple[int, tuple[int, ...]], list[ir.Value]] = {}
         for v in graph.initializers.values():
             if not v.is_graph_input and v.const is not None:
@@ -112,15 +115,15 @@ class CommonSubexpressionElimination(Pass):
                 if kept is None:
                     same.append(v)
                     continue
-                graph.replace_value(v, kept)
-                graph.remove_initializer(v)
+                rw.replace(v, kept)
+                rw.remove_initializer(v)
                 merged += 1
         return merged
 
-    def _merge_nodes(self, graph: ir.Graph) -> int:
+    def _merge_nodes(self, rw: ir.Rewriter) -> int:
         seen: dict[tuple[Any, ...], list[ir.Node]] = {}
         merged = 0
-        for node in graph:
+        for node in rw.graph:
             if not _mergeable(node):
                 continue
             inputs = [id(v) if v is not None else 0 for v in node.inputs]
@@ -133,19 +136,19 @@ class CommonSubexpressionElimination(Pass):
             if bucket:
                 attrs = attr_key(node)
                 kept = next((k for k in bucket if attr_key(k) == attrs), None)
-            if kept is None or not _rewire(graph, node, kept):
+            if kept is None or not _rewire(rw, node, kept):
                 bucket.append(node)
                 continue
-            graph.remove(node)
+            rw.remove(node)
             merged += 1
         return merged
 
 
-def _rewire(graph: ir.Graph, dup: ir.Node, kept: ir.Node) -> bool:
+def _rewire(rw: ir.Rewriter, dup: ir.Node, kept: ir.Node) -> bool:
     """Point ``dup``'s consumers at ``kept``'s outputs, unless a graph output would need an Identity."""
     pairs = [(d, k) for d, k in zip(dup.outputs, kept.outputs) if d is not None and k is not None]
-    if any(d.is_graph_output and not graph.can_take_name(k) for d, k in pairs):
+    if not all(rw.is_free(d, k) for d, k in pairs):
         return False
     for d, k in pairs:
-        graph.replace_value(d, k)
+        rw.replace(d, k)
     return True

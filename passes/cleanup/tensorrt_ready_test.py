@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import tensorrt_ready
+from optgraph.passes.cleanup import tensorrt_ready
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.strategies import MOTIFS, NotApplicable, models
 from optgraph.runtime import tensorrt

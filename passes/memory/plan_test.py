@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from optgraph import ir
 from optgraph.passes import PipelineError, run_passes
-from optgraph.passes import memory_plan as mp
-from optgraph.passes.liveness import tensor_infos
-from optgraph.passes.memory_plan import (ORDERS, STRATEGIES, MemoryPlan, PlanError, check_plan, memory_order,
-                                         plan_memory)
+from optgraph.ir.opset import IN_PLACE, is_onnx
+from optgraph.passes.memory import (METADATA_KEY, ORDERS, STRATEGIES, Alias, MemoryPlan, PlanError, PlanMemory,
+                                    PlanOptions, check_plan, format_plan, memory_order, placement, plan_memory,
+                                    planner)
+from optgraph.passes.memory import aliases as alias_rules
+from optgraph.passes.memory.liveness import tensor_infos
 from optgraph.passes.testing.strategies import MOTIFS, GraphBuilder, activation, conv, models
 from optgraph.runtime.executor import ExecutionError, check_by_execution
 from optgraph.runtime.cli import main
@@ -254,10 +256,32 @@ def test_the_pass_reports_a_summary_and_can_attach_the_plan():
     report = run_passes(model, "plan-memory{order=memory,attach=true}")
     summary = report.results["plan-memory"]
     assert summary["arena_bytes"] >= summary["lower_bound_bytes"] > 0
-    attached = json.loads(model.metadata_props[mp.METADATA_KEY])
+    attached = json.loads(model.metadata_props[METADATA_KEY])
     assert attached["arena_bytes"] == summary["arena_bytes"] and attached["tensors"]
     with pytest.raises(PipelineError, match="strategy"):
         run_passes(inception(), "plan-memory{strategy=nope}")
+
+
+def test_one_options_class_serves_the_api_the_pass_and_the_command(tmp_path, capsys):
+    """PlanOptions checks once; the pass's options extend it; optgraph plan's arguments come from it."""
+    message = "alignment must be at least 1, got 0"
+    with pytest.raises(PlanError, match=message):
+        plan(inception(), alignment=0)
+    with pytest.raises(PipelineError, match=message):
+        run_passes(inception(), "plan-memory{alignment=0}")
+    path = tmp_path / "m.onnx"
+    ir.save(inception(), path)
+    assert main(["plan", str(path), "--dim", "N=2", "--alignment", "0"]) == 2
+    assert message in capsys.readouterr().err
+    assert {f.name for f in dataclasses.fields(PlanOptions)} < {f.name for f in dataclasses.fields(PlanMemory.Options)}
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    usage = capsys.readouterr().out
+    for f in dataclasses.fields(PlanOptions):
+        assert (f"--no-{f.name}" if f.default is True else f"--{f.name}") in usage
+    assert main(["plan", str(path), "--dim", "N=2", "--no-inplace", "--order", "memory"]) == 0
+    expected = format_plan(plan(inception(), inplace=False, order="memory"))
+    assert capsys.readouterr().out.strip() == expected
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +305,7 @@ def test_the_checker_reports_overlaps_wrong_lifetimes_and_bad_aliases():
                for problem in check_plan(model, edited(good, "rb", offset=offset["ra"])))
     assert any("'ra' is live at steps" in problem for problem in check_plan(model, edited(good, "ra", end=0)))
     v = {x.name: x for x in good.placements}
-    wrong = dataclasses.replace(good, aliases=[*good.aliases, mp.Alias(v["a"], v["b"], 0, "inplace")])
+    wrong = dataclasses.replace(good, aliases=[*good.aliases, Alias(v["a"], v["b"], 0, "inplace")])
     assert any("aliased twice" in problem or "elementwise" in problem for problem in check_plan(model, wrong))
 
 
@@ -299,13 +323,13 @@ def test_an_in_place_rule_that_ignores_lifetimes_is_caught(monkeypatch):
     def careless(live, infos, parent):  # a deliberately broken rule: same size is enough
         for node in live.schedule:
             y = node.outputs[0]
-            if node.op_type in mp.IN_PLACE and y in live.tensors:
+            if node.op_type in IN_PLACE and y in live.tensors:
                 for x in node.inputs:
                     if x in live.tensors and x not in parent and infos[x].nbytes == infos[y].nbytes:
-                        parent[x] = mp.Alias(x, y, 0, "inplace")
+                        parent[x] = Alias(x, y, 0, "inplace")
                         break
 
-    monkeypatch.setattr(mp, "inplace_aliases", careless)
+    monkeypatch.setattr(planner, "inplace_aliases", careless)
     model = reused_input()
     p = plan(model)
     assert check_plan(model, p)
@@ -313,7 +337,7 @@ def test_an_in_place_rule_that_ignores_lifetimes_is_caught(monkeypatch):
 
 
 def test_a_placement_that_ignores_lifetimes_is_caught(monkeypatch):
-    monkeypatch.setattr(mp, "_best_fit", lambda forbidden, alignment: 0)
+    monkeypatch.setattr(placement, "_best_fit", lambda forbidden, alignment: 0)
     model = inception()
     p = plan(model, inplace=False, concat=False, split=False)
     assert any("overlap" in problem for problem in check_plan(model, p))
@@ -321,7 +345,7 @@ def test_a_placement_that_ignores_lifetimes_is_caught(monkeypatch):
 
 
 def test_a_concat_rule_that_ignores_the_layout_is_caught(monkeypatch):
-    monkeypatch.setattr(mp, "contiguous_concat", lambda node, infos: mp.is_onnx(node, "Concat"))
+    monkeypatch.setattr(alias_rules, "contiguous_concat", lambda node, infos: is_onnx(node, "Concat"))
     model = inception(batch=2)
     p = plan(model)
     assert [a for a in p.aliases if a.kind == "concat"]
@@ -334,10 +358,10 @@ def test_a_split_rule_with_the_slices_swapped_is_caught(monkeypatch):
         for node in graph:
             if node.op_type == "Split":
                 outs = node.outputs
-                parent[outs[1]] = mp.Alias(outs[1], node.inputs[0], 0, "split")
-                parent[outs[0]] = mp.Alias(outs[0], node.inputs[0], infos[outs[1]].nbytes, "split")
+                parent[outs[1]] = Alias(outs[1], node.inputs[0], 0, "split")
+                parent[outs[0]] = Alias(outs[0], node.inputs[0], infos[outs[1]].nbytes, "split")
 
-    monkeypatch.setattr(mp, "split_aliases", swapped)
+    monkeypatch.setattr(planner, "split_aliases", swapped)
     model = split_model()
     p = plan(model)
     assert any("Split" in problem for problem in check_plan(model, p))

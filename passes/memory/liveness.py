@@ -234,9 +234,9 @@ class TensorInfos(Analysis[dict[ir.Value, TensorInfo]]):
     """Concrete types and sizes of the main graph's tensors, with the context's ``dims``."""
 
     name = "tensor-infos"
+    requires = frozenset({ShapeInference})  # the shared types first; tensor_infos infers again only with dims filled in
 
     def compute(self, model: ir.Model, ctx: PassContext) -> dict[ir.Value, TensorInfo]:
-        ctx.get(ShapeInference)  # the shared types first; tensor_infos infers again only with dims filled in
         return tensor_infos(model, ctx.dims)
 
 
@@ -244,6 +244,7 @@ class FileOrderLiveness(Analysis[Liveness]):
     """Activation lifetimes when the nodes run in the order the model lists them."""
 
     name = "liveness"
+    requires = frozenset({TensorInfos})
 
     def compute(self, model: ir.Model, ctx: PassContext) -> Liveness:
         return liveness(model, list(model.graph), ctx.get(TensorInfos))

@@ -20,7 +20,7 @@ from optgraph.ir.opset import is_onnx
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import shape_of
+from optgraph.passes.shapes import ShapeInference, shape_of
 
 _GLOBAL = {"AveragePool": "GlobalAveragePool", "MaxPool": "GlobalMaxPool", "LpPool": "GlobalLpPool"}
 
@@ -58,11 +58,13 @@ def pools_whole_input(node: ir.Node, shape: Shape | None) -> bool:
 class TensorRTReady(Pass):
     name = "tensorrt-ready"
     description = "Rewrite what TensorRT's ONNX parser rejects (whole-input pools become global pools)"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        root = ir.Rewriter(model.graph)
         for graph in model.all_graphs():
+            rw = root.on(graph)
             for node in graph:
                 target = _GLOBAL.get(node.op_type)
                 if target is None or not is_onnx(node) or len(node.outputs) != 1 \
@@ -72,9 +74,9 @@ class TensorRTReady(Pass):
                 if not pools_whole_input(node, shape_of(x, ctx)):
                     continue
                 attrs = {"p": node.attr("p", 2)} if target == "GlobalLpPool" else {}
-                new = graph.make_node(target, [x], attrs, name=node.name or target, before=node).output
-                new.dtype, new.shape = y.dtype, y.shape
-                graph.replace_value(y, new)
-                graph.remove(node)
+                new = rw.make_node(target, [x], attrs, name=node.name or target, before=node).output
+                rw.set_type(new, y.dtype, y.shape)
+                rw.replace(y, new)
+                rw.remove(node)
                 stats[f"{node.op_type}_to_{target}"] += 1
-        return PassResult(bool(stats), stats)
+        return PassResult(root.changed, stats)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from optgraph import ir
 from optgraph.passes.base import PassContext
-from optgraph.passes.liveness import (FileOrderLiveness, UnknownSizeError, live_profile, liveness,
+from optgraph.passes.memory.liveness import (FileOrderLiveness, UnknownSizeError, live_profile, liveness,
                                       tensor_infos)
 from optgraph.passes.testing.strategies import GraphBuilder
 

@@ -73,28 +73,28 @@ class FoldConstants(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
-        folded = 0
         self._budget = self.options.size_limit
         self._ctx = ctx
         opset = model.opset()
         opsets = {d or "": v for d, v in model.opset_imports.items()}
+        root = ir.Rewriter(model.graph)
         for graph in model.all_graphs(functions=False):  # function bodies cannot hold initializers
+            rw = root.on(graph)
             for node in graph:
                 if not ops.is_onnx(node) or any(v is not None and v.is_graph_output for v in node.outputs):
                     continue
                 if node.op_type == "Constant":
-                    done = self._constant_node(graph, node)
+                    done = self._constant_node(rw, node)
                 elif node.op_type in self.options.deny or node.op_type in ops.RANDOM_OPS or node.op_type == "Identity" \
                         or node.subgraphs():
                     continue
                 else:
                     values = self._shape_values(node, opset) if node.op_type in ("Shape", "Size", "Gather", "Slice") else None
-                    done = self._replace(graph, node, values, stats) if values is not None else \
-                        self._evaluate(graph, node, opsets, stats)
+                    done = self._replace(rw, node, values, stats) if values is not None else \
+                        self._evaluate(rw, node, opsets, stats)
                 if done:
                     stats[f"{node.op_type}_folded"] += 1
-                    folded += 1
-        return PassResult(folded > 0, +stats)
+        return PassResult(root.changed, +stats)
 
     # --- shapes ---------------------------------------------------------------------------------
 
@@ -143,15 +143,15 @@ class FoldConstants(Pass):
 
     # --- replacing ------------------------------------------------------------------------------
 
-    def _constant_node(self, graph: ir.Graph, node: ir.Node) -> bool:
+    def _constant_node(self, rw: ir.Rewriter, node: ir.Node) -> bool:
         t = ir.constant_tensor(node.output)
         if t is None:
             return False
-        graph.replace_value(node.output, graph.add_initializer(t, node.output.name))
-        graph.remove(node)
+        rw.replace(node.output, rw.add_initializer(t, node.output.name))
+        rw.remove(node)
         return True
 
-    def _replace(self, graph: ir.Graph, node: ir.Node, values: list[np.ndarray], stats: Counter[str]) -> bool:
+    def _replace(self, rw: ir.Rewriter, node: ir.Node, values: list[np.ndarray], stats: Counter[str]) -> bool:
         """Swap the node for initializers holding ``values`` (one per output present)."""
         outs = [v for v in node.outputs if v is not None]
         for v, arr in zip(outs, values, strict=True):
@@ -166,8 +166,8 @@ class FoldConstants(Pass):
             return False
         self._budget -= growth
         for v, arr in zip(outs, values):
-            graph.replace_value(v, graph.add_initializer(ir.Tensor(array=arr), v.name))
-        graph.remove(node)
+            rw.replace(v, rw.add_initializer(ir.Tensor(array=arr), v.name))
+        rw.remove(node)
         return True
 
     def _dying_constants(self, node: ir.Node) -> list[ir.Tensor]:
@@ -182,7 +182,7 @@ class FoldConstants(Pass):
 
     # --- evaluating -----------------------------------------------------------------------------
 
-    def _evaluate(self, graph: ir.Graph, node: ir.Node, opsets: dict[str, int], stats: Counter[str]) -> bool:
+    def _evaluate(self, rw: ir.Rewriter, node: ir.Node, opsets: dict[str, int], stats: Counter[str]) -> bool:
         consts = []
         for v in node.inputs:
             t = ir.constant_tensor(v) if v is not None else None
@@ -218,7 +218,7 @@ class FoldConstants(Pass):
             if not isinstance(r, (np.ndarray, np.generic)) or np.asarray(r).dtype == np.object_:
                 return False
             arrays.append(np.asarray(r))
-        return self._replace(graph, node, arrays, stats)
+        return self._replace(rw, node, arrays, stats)
 
 
 class GatherElements(OpRun):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import concat
+from optgraph.passes.fuse import concat
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
+from optgraph.passes.testing.mutants import assert_idempotent, assert_mutant_caught
 from optgraph.passes.testing.strategies import INT64_MAX, DrawFn, GraphBuilder, activation, ints
 
 NEWEST = onnx.defs.onnx_opset_version()
@@ -170,13 +171,7 @@ STRATEGY = st.one_of(*(models(motifs={**{k: MOTIFS[k] for k in ("nested_concat",
 
 @given(STRATEGY)
 def test_random_graphs_stay_equivalent_and_nothing_is_left(model: onnx.ModelProto) -> None:
-    out, _ = check_pass("eliminate-concat", model)
-    _, report = check_pass("eliminate-concat", out)
-    assert report.totals() == {}, report.totals()
-
-
-NO_SHRINK = settings(max_examples=60, phases=[Phase.generate], database=None, derandomize=True,
-                     suppress_health_check=list(HealthCheck))
+    assert_idempotent("eliminate-concat", model)
 
 
 @pytest.mark.parametrize("broken", ["axes_ignored", "slice_takes_the_first_piece"])
@@ -188,13 +183,7 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(concat.CancelSlice, "rewrite", lambda self, m, rw: m.kept[0].inputs[0])
         strategy = models(motifs={"concat_slice": concat_slice}, ops=[], opsets=[17])
 
-    @NO_SHRINK
-    @given(strategy)
-    def prop(model: onnx.ModelProto) -> None:
-        check_pass("eliminate-concat", model)
-
-    with pytest.raises(AssertionError, match="differs|fails"):
-        prop()
+    assert_mutant_caught("eliminate-concat", strategy)
 
 
 def test_a_concat_freed_by_another_rewrite_is_flattened_in_the_same_run() -> None:

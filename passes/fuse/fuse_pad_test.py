@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper, parser
 
-from optgraph.passes import fuse_pad
+from optgraph.passes.fuse import fuse_pad
 from optgraph.passes.testing import assert_equivalent, check_pass
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 

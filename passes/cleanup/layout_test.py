@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import parser
 
-from optgraph.passes import layout
+from optgraph.passes.cleanup import layout
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import rewrite_text
 from optgraph.passes.testing.strategies import MOTIFS, models, reshape, transpose
@@ -164,13 +164,13 @@ def test_broken_zero_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Letting a Reshape with a 0 in its target skip the intermediate changes the result shape."""
     original = layout.SimplifyLayout._reshape_of_reshape
 
-    def careless(node):  # type: ignore[no-untyped-def]
-        node.del_attr("allowzero")
+    def careless(rw, node):  # type: ignore[no-untyped-def]
+        rw.del_attr(node, "allowzero")
         inner = node.inputs[0].producer
         if inner is not None and inner.op_type == "Reshape":
-            node.set_input(0, inner.inputs[0])
+            rw.set_input(node, 0, inner.inputs[0])
             return True
-        return original(node)
+        return original(rw, node)
 
     monkeypatch.setattr(layout.SimplifyLayout, "_reshape_of_reshape", staticmethod(careless))
     model = parser.parse_model(HEADER + """

@@ -21,7 +21,7 @@ from optgraph.ir import opset as ops
 from optgraph.ir.core import Shape
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
-from optgraph.passes.shapes import shape_of
+from optgraph.passes.shapes import ShapeInference, shape_of
 
 INT64_MAX = 2**63 - 1
 
@@ -189,16 +189,18 @@ _CHECKS = {
 class RemoveNoOps(Pass):
     name = "remove-noops"
     description = "Remove Identity and nodes that are no-ops at inference (Dropout, same-type Cast, x+0, ...)"
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
         finder = _Finder(ctx)
+        root = ir.Rewriter(model.graph)
         for graph, opset in ops.graphs_with_opset(model):
+            rw = root.on(graph)
             for node in graph:
                 x = finder.find(node, opset)
-                if x is None or not graph.replace_if_free(node.output, x):
+                if x is None or not rw.replace_if_free(node.output, x):
                     continue
-                graph.remove(node)
+                rw.remove(node)
                 stats[f"{node.op_type}_removed"] += 1
-        return PassResult(bool(stats), stats)
+        return PassResult(root.changed, stats)

@@ -15,6 +15,7 @@ from optgraph import ir
 from optgraph.ir import opset as ops
 from optgraph.passes.base import Pass, PassContext, PassResult, counter
 from optgraph.passes.registry import register
+from optgraph.passes.shapes import ShapeInference
 
 # Ops whose optional outputs switch the computation itself (BatchNormalization before opset 14
 # computes in training mode exactly when its statistics outputs are present).
@@ -32,7 +33,7 @@ def _optional_outputs(domain: str, op_type: str, opset: int) -> frozenset[int]:
     return frozenset(i for i, p in enumerate(schema.outputs) if p.option == optional)
 
 
-def _drop_unused_optional_outputs(node: ir.Node, opset: int) -> int:
+def _drop_unused_optional_outputs(rw: ir.Rewriter, node: ir.Node, opset: int) -> int:
     """Omit optional outputs nothing reads; returns how many were dropped."""
     if not ops.is_onnx(node) or node.op_type in _OUTPUTS_MATTER or len(node.outputs) < 2:
         return 0
@@ -41,7 +42,7 @@ def _drop_unused_optional_outputs(node: ir.Node, opset: int) -> int:
     if not dead:
         return 0
     for i in reversed(dead):
-        node.omit_output(i)
+        rw.omit_output(node, i)
     return len(dead)
 
 
@@ -63,24 +64,26 @@ class DeadCodeElimination(Pass):
     name = "remove-dead"
     description = ("Remove nodes whose outputs reach no graph output, unused initializers, unused optional "
                    "outputs and uncalled model-local functions")
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({ShapeInference})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
+        root = ir.Rewriter(model.graph)
         # inner graphs first: they use outer values
         for graph, opset in reversed(list(ops.graphs_with_opset(model))):
+            rw = root.on(graph)
             for node in reversed(graph):  # consumers before producers: chains die in one sweep
                 if not any(v is not None and v.is_used for v in node.outputs) and ops.removable(node, model):
-                    graph.remove(node)
+                    rw.remove(node)
                     stats["nodes_removed"] += 1
-                elif dropped := _drop_unused_optional_outputs(node, opset):
+                elif dropped := _drop_unused_optional_outputs(rw, node, opset):
                     stats["optional_outputs_removed"] += dropped
             for value in list(graph.initializers.values()):
                 if not value.is_used and not value.is_graph_input:
-                    graph.remove_initializer(value)
+                    rw.remove_initializer(value)
                     stats["initializers_removed"] += 1
         called = called_functions(model)
         for key in [k for k in model.functions if k not in called]:
-            del model.functions[key]
+            root.remove_function(model, key)
             stats["functions_removed"] += 1
-        return PassResult(bool(stats), stats)
+        return PassResult(root.changed, stats)

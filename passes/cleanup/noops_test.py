@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from onnx import parser
 
-from optgraph.passes import noops
+from optgraph.passes.cleanup import noops
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.strategies import MOTIFS, models

@@ -1,0 +1,2 @@
+"""Fusion passes: pads and BatchNormalization into convolutions, conv+activation units, parallel
+branches into one wide layer, concatenations removed."""
