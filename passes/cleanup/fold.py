@@ -232,7 +232,24 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, indices, axis=axis),)
 
 
-_OVERRIDES = [GatherElements]
+class BatchNormalization(OpRun):
+    """onnx 1.23's reference BatchNormalization of opsets 9-13 normalises with the batch's own
+    statistics whenever ``momentum`` is set (its default is), although those versions compute
+    with the running mean and variance. Inference semantics; training mode is not folded."""
+
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+             epsilon: float = 1e-5, momentum: float | None = None, training_mode: int = 0,
+             spatial: int = 1, is_test: int = 1) -> tuple[np.ndarray]:
+        if training_mode:
+            raise NotImplementedError("training-mode BatchNormalization")
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon) * scale.reshape(shape)
+        return ((y + bias.reshape(shape)).astype(x.dtype),)
+
+
+_OVERRIDES = [GatherElements, BatchNormalization]
 
 
 def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | None]) -> list:

@@ -246,6 +246,24 @@ def test_wide_gather_elements_folds() -> None:
     assert [v.tolist() for v in consts.values()] == [[[5, 511, 300]]]
 
 
+@pytest.mark.parametrize("opset", [11, 13, 15])
+def test_batch_norm_folds_with_the_running_statistics(opset: int) -> None:
+    """onnx's reference BatchNormalization-9..13 normalises with the batch's own statistics when
+    ``momentum`` is set (its default); those versions use the running mean and variance."""
+    _, consts = folded(header(opset) + """
+        g (float[2, 1] x) => (float[2, 1] y) {
+          c = Constant <value = float[2, 1] {0.5, -0.5}> ()
+          s = Constant <value = float[1] {2.0}> ()
+          b = Constant <value = float[1] {1.0}> ()
+          m = Constant <value = float[1] {0.25}> ()
+          v = Constant <value = float[1] {3.0}> ()
+          n = BatchNormalization <epsilon = 1.0> (c, s, b, m, v)
+          y = Add(x, n)
+        }""")
+    (folded_bn,) = consts.values()
+    np.testing.assert_allclose(folded_bn, [[1.25], [0.25]], rtol=1e-6)
+
+
 def test_skipped_folds_do_not_keep_the_fixed_point_going() -> None:
     from optgraph import ir
     from optgraph.passes import run_passes
