@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for mode, cmd in modes.items():
             runs = [measure(cmd) for _ in range(args.repeat)]
+            for f in out.iterdir():  # outputs go before the next mode: the disk holds two copies at most
+                f.unlink()
             rows[mode] = (common.median([r[0] for r in runs]), common.median([r[1] for r in runs]),
                           max(r[2] for r in runs))
             print(mode, f"{rows[mode][0]:.2f} s", f"{rows[mode][1]:.2f} s CPU", f"{rows[mode][2]:.0f} MB", flush=True)

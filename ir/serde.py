@@ -9,8 +9,8 @@ to external data past protobuf's 2 GB limit, and replaces the output file atomic
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
+import functools
 import gc
 import io
 import os
@@ -733,7 +733,7 @@ def _kernel_sendfile(src: int, dst: int, offset: int, count: int) -> int:
 
 
 def _user_copy(src: int, dst: int, offset: int, count: int) -> int:
-    piece = os.pread(src, min(count, _COPY_STEP), offset)
+    piece = os.pread(src, min(count, _USER_STEP), offset)
     view, done = memoryview(piece), 0
     while done < len(view):
         done += os.write(dst, view[done:])
@@ -741,3 +741,4 @@ def _user_copy(src: int, dst: int, offset: int, count: int) -> int:
 
 
 _COPY_STEP = 1 << 30  # bytes per system call (sendfile and copy_file_range take at most about 2 GB)
+_USER_STEP = 16 << 20  # bytes held at a time when the copy goes through memory
