@@ -533,10 +533,16 @@ class Graph:
     def __len__(self) -> int:
         return self._len
 
-    def nodes_with_subgraphs(self) -> Iterator[Node]:
+    def nodes_with_subgraphs(self) -> list[Node]:
         """The nodes holding graphs, in order: what a walk over nested graphs visits (a flag check
-        per node, where calling ``subgraphs()`` on every node would cost a call each)."""
-        return (node for node in self if node._has_graphs)
+        per node in one flat loop: every pass walks the graphs, and a model has few such nodes)."""
+        found = []
+        node = self._head
+        while node is not None:
+            if node._has_graphs and node.graph is self:
+                found.append(node)
+            node = node._next
+        return found
 
     def all_nodes(self) -> Iterator[Node]:
         """Every node, including those inside subgraphs (a node before its subgraphs' nodes)."""

@@ -1,10 +1,9 @@
-"""Topological ordering of a graph's nodes (networkx does the sorting and finds cycles)."""
+"""Topological ordering of a graph's nodes (stable: the current order is kept where it is free)."""
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
-
-import networkx as nx
 
 from optgraph.ir.errors import InvalidModelError
 
@@ -39,19 +38,48 @@ def _defined_within(defining: Graph, g: Graph) -> bool:
 
 
 def stable_toposort(n: int, edges: list[tuple[int, int]], label: list[str]) -> list[int]:
-    """Order items 0..n-1 so every edge (a, b) has a before b, keeping index order where free.
+    """Order items 0..n-1 so every edge (a, b) has a before b, keeping index order where free
+    (the smallest ready index first: Kahn's algorithm with a heap).
 
     Raises InvalidModelError naming the nodes of one cycle when there is no such order.
     """
-    dg = nx.DiGraph()
-    dg.add_nodes_from(range(n))
-    dg.add_edges_from(edges)
-    try:
-        return list(nx.lexicographical_topological_sort(dg))
-    except nx.NetworkXUnfeasible:
-        cycle = nx.find_cycle(dg)
-        names = " -> ".join(label[a] for a, _ in cycle) + " -> " + label[cycle[0][0]]
-        raise InvalidModelError(f"the graph has a cycle: {names}") from None
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indegree = [0] * n
+    for a, b in edges:
+        succ[a].append(b)
+        indegree[b] += 1
+    ready = [i for i in range(n) if not indegree[i]]  # ascending: already a heap
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indegree[j] -= 1
+            if not indegree[j]:
+                heapq.heappush(ready, j)
+    if len(order) == n:
+        return order
+    cycle = _a_cycle(n, edges, indegree)
+    names = " -> ".join(label[i] for i in cycle) + " -> " + label[cycle[0]]
+    raise InvalidModelError(f"the graph has a cycle: {names}")
+
+
+def _a_cycle(n: int, edges: list[tuple[int, int]], indegree: list[int]) -> list[int]:
+    """One cycle among the items Kahn's algorithm left (each has a predecessor that is left too)."""
+    pred: list[int | None] = [None] * n
+    for a, b in edges:
+        if indegree[a] and indegree[b]:
+            pred[b] = a
+    i = next(k for k in range(n) if indegree[k])
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while i not in seen:
+        seen[i] = len(path)
+        path.append(i)
+        p = pred[i]
+        assert p is not None
+        i = p
+    return path[seen[i]:][::-1]  # walked backwards along the edges: reverse into edge order
 
 
 def topological_order(graph: Graph) -> list[Node]:

@@ -9,8 +9,10 @@ to external data past protobuf's 2 GB limit, and replaces the output file atomic
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
+import io
 import os
 import stat
 import tempfile
@@ -23,7 +25,7 @@ from google.protobuf.message import DecodeError
 from optgraph.ir.core import AT, Attr, Function, Graph, Model, Node, Shape, Value
 from optgraph.ir.errors import InvalidModelError
 from optgraph.ir.order import stable_toposort
-from optgraph.ir.tensor import Tensor, check_external, read_external
+from optgraph.ir.tensor import ExternalData, Tensor, check_external, open_external
 
 _TWO_GB_MARGIN = 1_900_000_000  # past this many bytes of tensors the model must use external data
 
@@ -591,7 +593,7 @@ def _save(model: Model, path: str, external_data: bool | None, size_threshold: i
         shell = _model_shell(model)
         gp = onnx.GraphProto()
         _graph_proto(model.graph, gp, initializers=False)
-        with open(data_tmp, "wb") if data_tmp else _nullfile() as data_file:
+        with open(data_tmp, "wb", buffering=0) if data_tmp else _nullfile() as data_file:
             def tensor_protos() -> Iterator[onnx.TensorProto]:
                 for v in tensors:
                     t = v.const
@@ -659,26 +661,87 @@ def write_atomic(path: str, data: bytes) -> None:
                 os.unlink(t)
 
 
-def _externalize(tensor: Tensor, name: str, data_file: Any, location: str) -> onnx.TensorProto:
-    """A TensorProto header for ``tensor`` whose bytes are appended to ``data_file`` (4 KiB aligned)."""
+def _externalize(tensor: Tensor, name: str, data_file: io.FileIO, location: str) -> onnx.TensorProto:
+    """A TensorProto header for ``tensor`` whose bytes are appended to ``data_file`` (4 KiB aligned).
+
+    External data a pass left alone is copied from file to file by the kernel and never read into
+    memory; an array is written in chunks without an encoded copy.
+    """
     header = tensor._proto
-    if tensor._external is not None:
-        raw = read_external(tensor._external)
-    elif header is not None and header.HasField("raw_data"):
-        raw = header.raw_data
-    else:
-        header = onnx.numpy_helper.from_array(tensor.numpy())
-        raw = header.raw_data
-    assert header is not None
     offset = data_file.tell()
     pad = (-offset) % 4096
     if pad:
-        data_file.write(b"\0" * pad)
+        _write_all(data_file, b"\0" * pad)
         offset += pad
-    data_file.write(raw)
-    out = onnx.TensorProto(name=name, data_type=header.data_type, dims=header.dims, doc_string=header.doc_string,
+    if tensor._external is not None:
+        _copy_range(tensor._external, data_file)
+        length = tensor._external.length
+    else:
+        length = sum(_write_all(data_file, c) for c in tensor.chunks())
+    out = onnx.TensorProto(name=name, data_type=tensor.dtype, dims=tensor.shape,
                            data_location=onnx.TensorProto.EXTERNAL)
-    out.metadata_props.extend(header.metadata_props)
-    for k, val in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+    if header is not None:
+        if header.doc_string:
+            out.doc_string = header.doc_string
+        out.metadata_props.extend(header.metadata_props)
+    for k, val in (("location", location), ("offset", str(offset)), ("length", str(length))):
         out.external_data.add(key=k, value=val)
     return out
+
+
+def _write_all(f: io.FileIO, data: bytes | memoryview) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += f.write(view[done:]) or 0
+    return done
+
+
+def _copy_range(ext: ExternalData, dst: io.FileIO) -> None:
+    """Append the external byte range to ``dst``: copy_file_range, else sendfile, else read + write."""
+    src = open_external(ext)
+    try:
+        done = 0
+        for copy in (_kernel_copy_file_range, _kernel_sendfile, _user_copy):
+            try:
+                while done < ext.length:
+                    n = copy(src, dst.fileno(), ext.offset + done, ext.length - done)
+                    if n == 0:
+                        raise InvalidModelError(f"external data file '{ext.location}' is shorter than the model says")
+                    done += n
+                break
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY:
+                    raise
+        dst.seek(0, os.SEEK_END)
+    finally:
+        os.close(src)
+
+
+# What a kernel copy raises where it is not supported (other file systems, older kernels, seccomp).
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM,
+                             errno.EBADF, errno.ENOTSUP})
+
+
+def _kernel_copy_file_range(src: int, dst: int, offset: int, count: int) -> int:
+    if not hasattr(os, "copy_file_range"):
+        raise OSError(errno.ENOSYS, "copy_file_range")
+    return os.copy_file_range(src, dst, min(count, _COPY_STEP), offset)
+
+
+def _kernel_sendfile(src: int, dst: int, offset: int, count: int) -> int:
+    if not hasattr(os, "sendfile"):
+        raise OSError(errno.ENOSYS, "sendfile")
+    return os.sendfile(dst, src, offset, min(count, _COPY_STEP))
+
+
+def _user_copy(src: int, dst: int, offset: int, count: int) -> int:
+    piece = os.pread(src, min(count, _USER_STEP), offset)
+    view, done = memoryview(piece), 0
+    while done < len(view):
+        done += os.write(dst, view[done:])
+    return len(piece)
+
+
+_COPY_STEP = 1 << 30  # bytes per system call (sendfile and copy_file_range take at most about 2 GB)
+_USER_STEP = 16 << 20  # bytes held at a time when the copy goes through memory

@@ -2,14 +2,19 @@
 
 A Tensor wraps the TensorProto it was loaded from (or a numpy array a pass made). Reading
 ``shape`` and ``dtype`` never touches the data; ``numpy()`` decodes once and caches. External
-data is validated when the model is loaded and read from disk only on demand.
+data is validated when the model is loaded and never read into memory unless a pass asks:
+``numpy()`` maps it (read-only), ``digest()`` and ``same_contents()`` read it in chunks, and
+saving copies an untouched tensor's byte range from file to file.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +22,8 @@ import onnx
 from onnx import numpy_helper
 
 from optgraph.ir.errors import InvalidModelError
+
+_CHUNK = 16 << 20  # bytes: how much of a large tensor is hashed, compared or copied at a time
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,14 @@ class Tensor:
         return self._external is not None
 
     def numpy(self) -> np.ndarray:
-        """The data as a read-only array, decoded (or read from external data) on first use."""
+        """The data as a read-only array, decoded (or mapped from external data) on first use."""
         if self._array is None:
             assert self._proto is not None
             proto = self._proto
+            dtype = _RAW_DTYPES.get(proto.data_type)
+            if self._external is not None and dtype is not None:
+                self._array = map_external(self._external, dtype, tuple(proto.dims))
+                return self._array
             if self._external is not None:
                 proto = onnx.TensorProto()
                 proto.CopyFrom(self._proto)
@@ -110,6 +121,64 @@ class Tensor:
         if self._proto is not None and self._external is None and self._proto.HasField("raw_data"):
             return self._proto.raw_data
         return self.numpy().tobytes()
+
+    def _raw(self) -> bytes | memoryview:
+        """The data as ONNX stores it in ``raw_data``, for a tensor held in memory (no copy when possible)."""
+        if self._proto is not None and self._external is None and self._proto.HasField("raw_data"):
+            return self._proto.raw_data
+        array = self.numpy()
+        if _RAW_DTYPES.get(self.dtype) == array.dtype:
+            return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        return numpy_helper.from_array(array).raw_data  # packed and other special encodings
+
+    def chunks(self, size: int | None = None) -> Iterator[bytes | memoryview]:
+        """The data as ONNX stores it in ``raw_data``, in pieces of at most ``size`` bytes.
+
+        External data is read from its file piece by piece and an array is sliced without a copy,
+        so a large tensor is never held in memory twice (or at all, when it is external).
+        """
+        size = size or _CHUNK
+        if self._external is not None:  # the file's bytes, whether or not they were mapped
+            yield from _read_chunks(self._external, 0, self._external.length, size)
+            return
+        data = self._raw()
+        for start in range(0, len(data), size):
+            yield data[start:start + size]
+
+    def digest(self) -> bytes:
+        """A 16-byte hash of the data's bytes, computed in chunks (equal data, equal digest)."""
+        h = hashlib.blake2b(digest_size=16)
+        for c in self.chunks():
+            h.update(c)
+        return h.digest()
+
+    def sampled_digest(self, blocks: int = 64, block: int = 4096) -> bytes:
+        """A hash of ``blocks`` evenly spaced pieces of the data: equal data give equal sampled
+        digests, and different weights almost always differ, at a tiny fraction of a full digest's
+        reads (callers confirm a match with ``digest`` or ``same_contents``)."""
+        n = self.nbytes
+        if n <= blocks * block:
+            return self.digest()
+        h = hashlib.blake2b(digest_size=16)
+        starts = [i * (n - block) // (blocks - 1) for i in range(blocks)]
+        if self._external is not None:
+            for start in starts:
+                for piece in _read_chunks(self._external, start, block, block):
+                    h.update(piece)
+        else:
+            data = self._raw()
+            for start in starts:
+                h.update(data[start:start + block])
+        return h.digest()
+
+    def same_contents(self, other: Tensor) -> bool:
+        """Whether both hold the same dtype, shape and bytes (compared in chunks)."""
+        if self.dtype != other.dtype or self.shape != other.shape or self.nbytes != other.nbytes:
+            return False
+        if self.nbytes <= _CHUNK and self._external is None and other._external is None:
+            return self.tobytes() == other.tobytes()
+        a, b = _rechunk(self.chunks()), _rechunk(other.chunks())
+        return all(x == y for x, y in zip(a, b))
 
     def to_proto(self, name: str | None = None) -> onnx.TensorProto:
         """A TensorProto named ``name`` (default: as loaded); the loaded proto is reused when possible."""
@@ -137,6 +206,18 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor({onnx.TensorProto.DataType.Name(self.dtype)}, {list(self.shape)})"
+
+
+def _rechunk(pieces: Iterator[bytes | memoryview], size: int = _CHUNK) -> Iterator[bytes]:
+    """The same bytes in pieces of exactly ``size`` (the last may be shorter), so two streams align."""
+    buf = bytearray()
+    for p in pieces:
+        buf += p
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
 
 
 _TP = onnx.TensorProto
@@ -219,9 +300,48 @@ def check_external(proto: onnx.TensorProto, base_dir: str | None) -> ExternalDat
     return ExternalData(real, location, offset, length)
 
 
+def open_external(ext: ExternalData) -> int:
+    """A read-only descriptor of the tensor's (already checked) data file; never follows a link."""
+    return os.open(ext.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _read_chunks(ext: ExternalData, start: int, length: int, size: int) -> Iterator[bytes]:
+    """``length`` bytes from ``start`` of the tensor's range, read ``size`` bytes at a time."""
+    fd = open_external(ext)
+    try:
+        done = 0
+        while done < length:
+            piece = os.pread(fd, min(size, length - done), ext.offset + start + done)
+            if not piece:
+                raise InvalidModelError(f"external data file '{ext.location}' is shorter than the model says")
+            done += len(piece)
+            yield piece
+    finally:
+        os.close(fd)
+
+
+def map_external(ext: ExternalData, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor's bytes mapped read-only from its file: pages are read only when touched."""
+    if ext.length != math.prod(shape) * dtype.itemsize:
+        raise InvalidModelError(f"external data in '{ext.location}' holds {ext.length} bytes, "
+                                f"not the {math.prod(shape) * dtype.itemsize} its shape needs")
+    if ext.length == 0:
+        return np.zeros(shape, dtype)
+    fd = open_external(ext)
+    try:
+        if os.fstat(fd).st_size < ext.offset + ext.length:  # a mapped page past the end would crash
+            raise InvalidModelError(f"external data file '{ext.location}' is shorter than the model says")
+        start = ext.offset - ext.offset % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, ext.offset + ext.length - start, offset=start, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    array = np.frombuffer(m, dtype=dtype, count=math.prod(shape), offset=ext.offset - start).reshape(shape)
+    array.flags.writeable = False
+    return array
+
+
 def read_external(ext: ExternalData) -> bytes:
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(ext.path, flags)
+    fd = open_external(ext)
     with os.fdopen(fd, "rb") as f:
         f.seek(ext.offset)
         data = f.read(ext.length)

@@ -210,13 +210,23 @@ class PassManager:
         return changed
 
     def _fixed_point(self, fp: FixedPoint, model: ir.Model, report: Report) -> bool:
+        """Repeat the members until each has run once more, on the model as it now is, without
+        changing it: the members after the last change in an iteration are not run again in the
+        next (they already saw this very model), so the quiet iteration is usually a partial one."""
         changed = False
+        quiet = 0  # members run in a row, across iterations, that changed nothing
         for i in range(1, fp.max_iterations + 1):
             report.iterations[fp.name] = i
-            if not self._run_steps(fp.steps, model, report, fp.name, i):
+            for step in fp.steps:
+                if quiet >= len(fp.steps):
+                    break
+                if self._run_steps([step], model, report, fp.name, i):
+                    changed, quiet = True, 0
+                else:
+                    quiet += 1
+            if quiet >= len(fp.steps):
                 report.converged[fp.name] = True
                 return changed
-            changed = True
         report.converged[fp.name] = False
         return changed
 

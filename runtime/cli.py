@@ -440,6 +440,9 @@ def _one_line_warnings(message: Warning | str, category: type[Warning], filename
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before the parser imports the commands (and onnx)
+        print(f"optgraph {_version()}")
+        return EXIT_OK
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     argv = [a for a in argv if a != "--debug"]
     if not debug:

@@ -75,3 +75,23 @@ def test_node_count_expands_function_calls() -> None:
     model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
                                                                    helper.make_opsetid("local", 1)])
     assert common.count_nodes(model) == 2 * 2 + 1 + 2 * 1
+
+
+def test_large_and_scale_benchmarks_on_tiny_models(tmp_path: Path) -> None:
+    """benchmarks/large.py (external-data model, three modes) and benchmarks/scale.py (phases and
+    per-pass CPU of the synthetic model) end to end at toy sizes."""
+    bench = COMPARE.parent
+    p = subprocess.run([sys.executable, str(bench / "large.py"), "--layers", "3", "--size", "64", "--repeat", "1",
+                        "--scratch", str(tmp_path / "large"), "--out", str(tmp_path / "large.md")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    large = (tmp_path / "large.md").read_text()
+    assert "| round trip |" in large and "| default |" in large and "peak RSS" in large
+    assert not (tmp_path / "large").exists()  # the generated model is deleted afterwards
+    onnx.save(synthetic(200), tmp_path / "synthetic-200.onnx")
+    p = subprocess.run([sys.executable, str(bench / "scale.py"), "--nodes", "200", "--repeat", "1",
+                        "--models", str(tmp_path), "--out", str(tmp_path / "scale.md")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    scale = (tmp_path / "scale.md").read_text()
+    assert "| passes |" in scale and "| fuse-conv-bn |" in scale and "`optgraph --version`" in scale

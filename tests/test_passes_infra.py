@@ -125,6 +125,34 @@ def test_fixed_point_converges_and_reports(scratch_registry: None) -> None:
     assert d["passes"][0]["name"] == "test-remove-one-relu" and d["passes"][0]["iteration"] == 1
 
 
+def test_fixed_point_does_not_rerun_members_that_saw_the_current_model(scratch_registry: None) -> None:
+    """Members after an iteration's last change already ran on that model: the confirming
+    iteration stops at the pass that made the last change (and the result is the same)."""
+
+    class Quiet(Pass):
+        name = "test-quiet"
+        description = "changes nothing"
+
+        def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+            return PassResult(False, {})
+
+    class Later(Quiet):
+        name = "test-quiet-later"
+
+    register(Quiet)
+    register(RemoveOneRelu)
+    register(Later)
+    register_group("test-loop", ["test-quiet", "test-remove-one-relu", "test-quiet-later"], "loop",
+                   fixed_point=True, max_iterations=10)
+    report = PassManager(parse_pipeline("test-loop")).run(model())
+    runs = [(p.name, p.iteration) for p in report.passes]
+    # 4 iterations remove a Relu each; the 5th runs test-quiet and test-remove-one-relu only
+    assert runs[-3:] == [("test-quiet-later", 4), ("test-quiet", 5), ("test-remove-one-relu", 5)]
+    assert len(runs) == 4 * 3 + 2
+    assert report.converged == {"test-loop": True} and report.iterations["test-loop"] == 5
+    assert report.totals() == {"removed": 4}
+
+
 def test_non_convergence_is_reported(scratch_registry: None) -> None:
     register(RemoveOneRelu)
     register_group("test-short", ["test-remove-one-relu"], "loop", fixed_point=True, max_iterations=2)

@@ -8,13 +8,14 @@ inputs when they are looked at. Random ops, ops of unknown domains (they may kee
 nodes holding subgraphs are never merged.
 
 Initializers with the same dtype, shape and bytes merge the same way (contents are compared only
-when two of them share a dtype and shape: small ones by their bytes, large ones by a hash that
-equal bytes then confirm).
+when two of them share a dtype and shape: small ones by their bytes, large ones by a hash of
+sampled blocks, then of all bytes where samples collide, that equal bytes then confirm; large
+data is read in chunks, so external weights are never loaded).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections import Counter
 from typing import Any
 
 from optgraph import ir
@@ -58,17 +59,26 @@ _SMALL = 1024  # bytes
 
 class _Digests:
     """Content hashes of constants, kept across a pipeline's iterations (the pass object lives
-    that long); each entry holds its tensor so the id cannot be reused by another object."""
+    that long); each entry holds its tensor so the id cannot be reused by another object.
+
+    A sampled digest (a few KiB read) separates nearly all distinct weights; the full digest (read
+    in chunks, never held) is computed only for those whose samples collide.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[ir.Tensor, bytes]] = {}
+        self._cache: dict[tuple[int, bool], tuple[ir.Tensor, bytes]] = {}
 
-    def of(self, t: ir.Tensor) -> bytes:
-        hit = self._cache.get(id(t))
+    def of(self, t: ir.Tensor, *, full: bool) -> bytes:
+        hit = self._cache.get((id(t), full))
         if hit is None:
-            hit = (t, hashlib.blake2b(content(t), digest_size=16).digest())
-            self._cache[id(t)] = hit
+            hit = (t, t.digest() if full else t.sampled_digest())
+            self._cache[(id(t), full)] = hit
         return hit[1]
+
+    def keys(self, tensors: list[ir.Tensor]) -> list[bytes]:
+        sampled = [self.of(t, full=False) for t in tensors]
+        seen = Counter(sampled)
+        return [s if seen[s] == 1 else s + self.of(t, full=True) for s, t in zip(sampled, tensors)]
 
 
 @register
@@ -101,17 +111,18 @@ class CommonSubexpressionElimination(Pass):
             if len(group) < 2:
                 continue
             # Small constants (most of them: biases, scales, shape vectors) are grouped by their
-            # bytes, cheaper than a digest; large ones by a cached digest, so their bytes are not
-            # all held at once.
+            # bytes, cheaper than a digest; large ones by cached digests, so their bytes are not
+            # all held at once (nor read at all when a sample tells them apart).
             small = group[0].const.nbytes <= _SMALL  # type: ignore[union-attr]
+            keys = [content(v.const) for v in group] if small else \
+                self._digests.keys([v.const for v in group])  # type: ignore[misc]
             firsts: dict[bytes, list[ir.Value]] = {}
-            for v in group:
+            for v, key in zip(group, keys):
                 assert v.const is not None
-                same = firsts.setdefault(content(v.const) if small else self._digests.of(v.const), [])
+                same = firsts.setdefault(key, [])
                 kept = None
                 if same and not v.is_graph_output:
-                    data = content(v.const)
-                    kept = next((k for k in same if content(k.const) == data), None)  # type: ignore[arg-type]
+                    kept = next((k for k in same if v.const.same_contents(k.const)), None)  # type: ignore[arg-type]
                 if kept is None:
                     same.append(v)
                     continue

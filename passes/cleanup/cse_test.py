@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from onnx import parser
 
+from optgraph import ir
 from optgraph.passes.cleanup import cse
 from optgraph.passes.testing.check import check_pass
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
@@ -132,6 +133,7 @@ def test_broken_attribute_comparison_is_caught(monkeypatch: pytest.MonkeyPatch) 
 def test_broken_constant_comparison_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CSE that compares constants by shape only merges different weights."""
     monkeypatch.setattr(cse, "content", lambda t: b"")
+    monkeypatch.setattr(ir.Tensor, "same_contents", lambda a, b: True)
     model = parser.parse_model(HEADER + """
         g (float[2] x) => (float[2] y) <float[2] w1 = {1.0, 2.0}, float[2] w2 = {3.0, 4.0}> {
           a = Mul(x, w1)

@@ -21,14 +21,13 @@ node), and all folds of one run together by no more than that either.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
 from optgraph import ir
 from optgraph.ir import opset as ops
@@ -221,35 +220,40 @@ class FoldConstants(Pass):
         return self._replace(rw, node, arrays, stats)
 
 
-class GatherElements(OpRun):
-    """onnx 1.23's reference GatherElements uses np.choose, which takes at most 64 choices, and
-    its fallback reshapes wrongly: BERT's token-type buffer (512 wide) fails. Same semantics."""
+@functools.cache
+def _overrides() -> list[type]:
+    """Ops whose onnx reference implementation is replaced (onnx.reference is imported on first
+    use: loading it costs a tenth of a second that a run with nothing to evaluate need not pay)."""
+    from onnx.reference.op_run import OpRun
 
-    op_domain = ""
+    class GatherElements(OpRun):
+        """onnx 1.23's reference GatherElements uses np.choose, which takes at most 64 choices, and
+        its fallback reshapes wrongly: BERT's token-type buffer (512 wide) fails. Same semantics."""
 
-    def _run(self, data: np.ndarray, indices: np.ndarray, axis: int = 0) -> tuple[np.ndarray]:
-        indices = np.where(indices < 0, indices + data.shape[axis], indices)
-        return (np.take_along_axis(data, indices, axis=axis),)
+        op_domain = ""
 
+        def _run(self, data: np.ndarray, indices: np.ndarray, axis: int = 0) -> tuple[np.ndarray]:
+            indices = np.where(indices < 0, indices + data.shape[axis], indices)
+            return (np.take_along_axis(data, indices, axis=axis),)
 
-class BatchNormalization(OpRun):
-    """onnx 1.23's reference BatchNormalization of opsets 9-13 normalises with the batch's own
-    statistics whenever ``momentum`` is set (its default is), although those versions compute
-    with the running mean and variance. Inference semantics; training mode is not folded."""
+    class BatchNormalization(OpRun):
+        """onnx 1.23's reference BatchNormalization of opsets 9-13 normalises with the batch's
+        own statistics whenever ``momentum`` is set (its default is), although those versions
+        compute with the running mean and variance. Inference semantics; training mode is not
+        folded."""
 
-    op_domain = ""
+        op_domain = ""
 
-    def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
-             epsilon: float = 1e-5, momentum: float | None = None, training_mode: int = 0,
-             spatial: int = 1, is_test: int = 1) -> tuple[np.ndarray]:
-        if training_mode:
-            raise NotImplementedError("training-mode BatchNormalization")
-        shape = (-1,) + (1,) * (x.ndim - 2)
-        y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon) * scale.reshape(shape)
-        return ((y + bias.reshape(shape)).astype(x.dtype),)
+        def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                 epsilon: float = 1e-5, momentum: float | None = None, training_mode: int = 0,
+                 spatial: int = 1, is_test: int = 1) -> tuple[np.ndarray]:
+            if training_mode:
+                raise NotImplementedError("training-mode BatchNormalization")
+            shape = (-1,) + (1,) * (x.ndim - 2)
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon) * scale.reshape(shape)
+            return ((y + bias.reshape(shape)).astype(x.dtype),)
 
-
-_OVERRIDES = [GatherElements, BatchNormalization]
+    return [GatherElements, BatchNormalization]
 
 
 def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | None]) -> list:
@@ -266,4 +270,6 @@ def _reference(node: ir.Node, opsets: dict[str, int], feeds: list[np.ndarray | N
     for domain, version in opsets.items():
         model.opset_import.add(domain=domain, version=version)
     named = {name: arr for name, arr in zip(proto.input, feeds) if name}
-    return ReferenceEvaluator(model, new_ops=_OVERRIDES).run(None, named)
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model, new_ops=_overrides()).run(None, named)

@@ -44,8 +44,9 @@ def check_bn(m: Match, channels: int | None) -> MatchResult:
     if channels is None:
         return MatchResult.fail("the layer's output channel count is unknown")
     for key in ("scale", "bias", "mean", "var"):
-        if m.array(key).shape != (channels,):
-            return MatchResult.fail(f"BN {key} has shape {m.array(key).shape}, the layer {channels} channels")
+        shape = m.array(key).shape
+        if shape != (channels,):
+            return MatchResult.fail(f"BN {key} has shape {shape}, the layer {channels} channels")
     return MatchResult.OK
 
 
