@@ -578,7 +578,7 @@ def _layout(model: ir.Model, schedule: list[ir.Node], infos: Mapping[ir.Value, T
     return _Layout(live, parent, groups, where, profile)
 
 
-def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strategy: str = "greedy-breadth",
+def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strategy: str = "best",
                 order: str = "file", alignment: int = 256, inplace: bool = True, concat: bool = True,
                 split: bool = True, dims: Mapping[str, int] | None = None) -> MemoryPlan:
     """Plan the main graph's activations into one arena.
@@ -586,8 +586,8 @@ def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strate
     ``order="memory"`` runs the nodes in ``memory_order`` when that lowers the lower bound, and
     in file order otherwise, so it never does worse than the file.
     """
-    if strategy not in STRATEGIES:
-        raise PlanError(f"unknown strategy '{strategy}' (strategies: {', '.join(STRATEGIES)})")
+    if strategy != "best" and strategy not in STRATEGIES:
+        raise PlanError(f"unknown strategy '{strategy}' (strategies: best, {', '.join(STRATEGIES)})")
     if order not in ORDERS:
         raise PlanError(f"unknown order '{order}' (orders: {', '.join(ORDERS)})")
     if alignment < 1:
@@ -601,12 +601,12 @@ def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], *, strate
             layout, used = other, "memory"
     live = layout.live
     n_steps = len(live.schedule)
-    arenas = {}
-    chosen: list[int] = []
+    arenas, offsets = {}, {}
     for name in STRATEGIES:
-        offsets, arenas[name] = place(layout.groups, n_steps, name, alignment, layout.profile)
-        if name == strategy:
-            chosen = offsets
+        offsets[name], arenas[name] = place(layout.groups, n_steps, name, alignment, layout.profile)
+    if strategy == "best":  # the smallest arena; ties go to the first strategy listed
+        strategy = min(STRATEGIES, key=lambda name: arenas[name])
+    chosen = offsets[strategy]
     base = {g.root: at for g, at in zip(layout.groups, chosen)}
     placements = {}
     for v, t in live.tensors.items():
@@ -798,7 +798,7 @@ class PlanMemory(Pass):
 
     @dataclass
     class Options:
-        strategy: str = "greedy-breadth"
+        strategy: str = "best"  # the smallest arena of STRATEGIES, or one of them
         order: str = "file"
         alignment: int = 256
         inplace: bool = True
@@ -807,8 +807,8 @@ class PlanMemory(Pass):
         attach: bool = False  # store the plan's JSON in the model's metadata (optgraph.memory_plan)
 
         def __post_init__(self) -> None:  # bad values fail when the pipeline is parsed
-            if self.strategy not in STRATEGIES:
-                raise ValueError(f"plan-memory: unknown strategy '{self.strategy}' ({', '.join(STRATEGIES)})")
+            if self.strategy != "best" and self.strategy not in STRATEGIES:
+                raise ValueError(f"plan-memory: unknown strategy '{self.strategy}' (best, {', '.join(STRATEGIES)})")
             if self.order not in ORDERS:
                 raise ValueError(f"plan-memory: unknown order '{self.order}' ({', '.join(ORDERS)})")
             if self.alignment < 1:

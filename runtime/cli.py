@@ -267,7 +267,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.passes.liveness import TensorInfos
+    from optgraph.passes.liveness import plannable_infos
     from optgraph.passes.memory_plan import check_plan, format_plan, plan_memory, plot_plan
 
     steps = parse_pipeline(args.passes)
@@ -276,7 +276,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     model = _load(args.model)
     ctx = PassContext(dims=_dims(args.dim))
     PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
-    plan = plan_memory(model, ctx.get(TensorInfos), strategy=args.strategy, order=args.order, alignment=args.alignment,
+    nodes = len(model.graph)
+    infos = plannable_infos(model, ctx)
+    if len(model.graph) != nodes:
+        print(f"optgraph: note: sizes depend on shape computations; planned with them folded "
+              f"({nodes} -> {len(model.graph)} nodes)", file=sys.stderr)
+    plan = plan_memory(model, infos, strategy=args.strategy, order=args.order, alignment=args.alignment,
                        inplace=not args.no_inplace, concat=not args.no_concat, split=not args.no_split, dims=ctx.dims)
     print(format_plan(plan))
     if args.json:
@@ -352,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("model", help="the ONNX model")
     plan.add_argument("--json", metavar="OUT", help="write the plan as JSON (schema: docs/memory-planning.md)")
     plan.add_argument("--plot", metavar="OUT.png", help="draw the memory timeline (matplotlib)")
-    plan.add_argument("--strategy", choices=["greedy-size", "greedy-breadth"], default="greedy-breadth")
+    plan.add_argument("--strategy", choices=["best", "greedy-size", "greedy-breadth"], default="best",
+                      help="best (default): the smallest arena of the strategies")
     plan.add_argument("--order", choices=["file", "memory"], default="file",
                       help="memory: a schedule with a lower peak when there is one")
     plan.add_argument("--alignment", type=int, default=256, help="byte alignment of each buffer (default 256)")
