@@ -371,10 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_options(plan)
     plan.set_defaults(func=cmd_plan)
 
-    from optgraph.runtime import build, quantize
+    from optgraph.runtime import build, quantize, tune
 
     build.add_command(sub)
     quantize.add_command(sub)
+    tune.add_command(sub)
     return parser
 
 
