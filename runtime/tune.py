@@ -1,12 +1,13 @@
 """``optgraph tune``: search the pipeline choices for one model with TensorRT builds in the loop.
 
-A candidate is a set of choices (``Choices``): which fusions run, horizontal fusion with or
-without a Split, the conv+activation units after the fixed point, inside it or not at all,
+A candidate is a set of choices (``Choices``): which fusion and cleanup passes run, horizontal
+fusion with or without a Split (and its minimum branch count), the conv+activation units after the fixed point, inside it or not at all,
 layout simplification, and the order of the cleanup and fusion passes inside the fixed point.
 Each candidate is optimized, written, and hashed (SHA-256 of the written model): choices that
 give the same graph share one engine build. A cheap cost model ranks the candidates that have not
 been built yet from the optimized graph alone (estimated engine layers and standalone kernels
-from fusable chains, the arena of optgraph's memory planner), and only the best-ranked are built;
+from fusable chains, the arena of optgraph's memory planner times the parallel branches TensorRT
+runs on streams of their own), and only the best-ranked are built;
 its Spearman correlation with the measured figures over the built candidates says how far to
 trust it. The objective is a weighted sum of engine figures, each divided by the original
 model's: ``layers``, ``kernels`` (standalone generated kernels), ``memory`` (activation bytes).
@@ -37,13 +38,14 @@ from typing import Any
 import numpy as np
 
 from optgraph import ir
+from optgraph.ir.opset import is_onnx
 
 METRICS = ("layers", "kernels", "memory")
 ORDERS = ("cleanup-first", "fuse-first", "concat-first")
 CLEANUP = ("fold-constants", "remove-noops", "cse", "simplify-layout", "tensorrt-ready")
 FUSIONS = ("fuse-pad-conv", "fuse-conv-bn", "fuse-horizontal", "eliminate-concat")
 EXPLORE, BUILD, KEEP = 4, 2, 6  # candidates optimized and built per round; the best-ranked kept for later
-STALE_ROUNDS = 6  # rounds in a row without a new graph end the search
+STALE_ROUNDS = 8  # rounds in a row without a new graph end the search
 
 
 class TuneError(ir.OptGraphError):
@@ -63,13 +65,16 @@ class Choices:
     pad_conv: bool = True
     concat: bool = True  # eliminate-concat
     cse: bool = True
+    fold: bool = True  # fold-constants
+    noops: bool = True  # remove-noops
     order: str = "cleanup-first"  # of the passes inside the fixed point (ORDERS)
 
     def pipeline(self) -> tuple[str, str]:
         """(the passes repeated to a fixed point, the passes run once after it)."""
         off = {"simplify-layout": not self.layout, "tensorrt-ready": not self.tensorrt_ready,
                "fuse-conv-bn": not self.conv_bn, "fuse-pad-conv": not self.pad_conv,
-               "eliminate-concat": not self.concat, "cse": not self.cse, "fuse-horizontal": self.horizontal == "off"}
+               "eliminate-concat": not self.concat, "cse": not self.cse, "fuse-horizontal": self.horizontal == "off",
+               "fold-constants": not self.fold, "remove-noops": not self.noops}
         fusions = list(FUSIONS)
         if self.order == "concat-first":
             fusions = ["fuse-pad-conv", "fuse-conv-bn", "eliminate-concat", "fuse-horizontal"]
@@ -98,7 +103,7 @@ DEFAULT = Choices()
 SPACE: dict[str, tuple[Any, ...]] = {
     "horizontal": ("off", "concat", "split"), "min_branches": (2, 3, 4), "conv_act": ("off", "after", "inside"),
     "layout": (True, False), "tensorrt_ready": (True, False), "conv_bn": (True, False), "pad_conv": (True, False),
-    "concat": (True, False), "cse": (True, False), "order": ORDERS,
+    "concat": (True, False), "cse": (True, False), "fold": (True, False), "noops": (True, False), "order": ORDERS,
 }
 
 
@@ -167,18 +172,25 @@ _FREE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dr
 _COPIES = frozenset({"Slice", "Pad", "Gather", "Expand", "Tile", "Cast", "Transpose", "Where"})
 
 
-def estimate(model: ir.Model) -> dict[str, int]:
+def estimate(model: ir.Model) -> dict[str, float | None]:
     """Engine layers and standalone kernels TensorRT is likely to make of ``model``.
 
     A layer per compute node (Conv, MatMul, pools, a fused conv+activation unit, ...); an
     elementwise node joins the layer of its producer when it is that producer's only reader (the
     conv+bias+activation and pointwise fusions TensorRT makes), else it starts a standalone
     kernel; a Split costs one copy kernel per output; reshapes, concats and constant or shape
-    computations cost nothing (TensorRT removes or folds them).
+    computations cost nothing (TensorRT removes or folds them). ``streams`` is the widest fan-out
+    of one tensor into layers that are not elementwise (an Inception block's parallel branches):
+    TensorRT runs such branches on auxiliary streams, whose tensors cannot share memory.
     """
     graph = model.graph
     const: set[ir.Value] = {v for v in graph.initializers.values()}
     layers = kernels = 0
+    streams = 1
+    for v in [*graph.inputs, *(o for n in graph for o in n.outputs if o is not None)]:
+        readers = {id(user) for user, _ in v.uses
+                   if not (is_onnx(user) and (user.op_type in _FREE or user.op_type in _ELEMENTWISE))}
+        streams = max(streams, len(readers))
     for node in graph:
         if all(v is None or v in const or ir.constant_tensor(v) is not None for v in node.inputs):
             const.update(v for v in node.outputs if v is not None)  # folded at build time
@@ -198,7 +210,7 @@ def estimate(model: ir.Model) -> dict[str, int]:
         layers += 1
         if op in _ELEMENTWISE or op in _COPIES:
             kernels += 1
-    return {"layers": layers, "kernels": kernels}
+    return {"layers": layers, "kernels": kernels, "streams": streams}
 
 
 def _elementwise() -> frozenset[str]:
@@ -211,7 +223,8 @@ _ELEMENTWISE = _elementwise()
 
 
 def predicted_memory(model: ir.Model, dims: Mapping[str, int]) -> int | None:
-    """The arena optgraph's memory planner needs for ``model`` (None when it cannot size it).
+    """The arena optgraph's memory planner needs for ``model`` (None when it cannot size it); the
+    cost model multiplies it by the estimated streams.
     May fold shape computations in ``model`` (see ``plannable_infos``): call it last."""
     from optgraph.passes.base import PassContext
     from optgraph.passes.liveness import plannable_infos
@@ -378,7 +391,9 @@ class Search:
         ir.save(model, c.path)
         c.sha256 = _sha256(os.path.join(folder, f) for f in sorted(os.listdir(folder)))
         c.optimize_seconds = time.perf_counter() - t0
-        c.predicted = {**estimate(model), "memory": predicted_memory(model, self.dims)}
+        c.predicted = estimate(model)
+        arena = predicted_memory(model, self.dims)
+        c.predicted["memory"] = None if arena is None else arena * c.predicted["streams"]
         if choices is None:
             self.base_predicted = dict(c.predicted)
         c.predicted_objective = objective(c.predicted, self.base_predicted, self.weights)
@@ -530,7 +545,7 @@ def markdown(result: Result, model: str) -> str:
              "", f"Best: #{b.id} `{b.label}`: {_figures(b.measured)} (objective {b.objective:.4f}) against the "
              f"original's {_figures(o.measured)} (objective {_fmt(o.objective)}).", "",
              f"Cost model, Spearman over the built candidates: {rho}.", "",
-             "| # | choices | nodes | est. layers | est. kernels | planned MiB | est. objective | layers | kernels "
+             "| # | choices | nodes | est. layers | est. kernels | est. MiB (arena x streams) | est. objective | layers | kernels "
              "| activation MiB | objective | build s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:

@@ -83,7 +83,16 @@ def test_the_cost_model_fuses_activations_into_their_producer_and_charges_split_
     b.mark_output(parts[2])
     est = tune.estimate(ir.from_proto(b.build()))
     # Conv+Relu 1, Split 3 copies, Sigmoid fused into its copy, Add 1 (two data inputs)
-    assert est == {"layers": 5, "kernels": 4}
+    assert est == {"layers": 5, "kernels": 4, "streams": 1}
+
+
+def test_the_cost_model_counts_parallel_branches_as_streams():
+    b = GraphBuilder(17)
+    x = b.input((1, 8, 4, 4), name="x")
+    branches = [b.op("Conv", [x, b.const(b.weight([4, 8, 1, 1]))], kernel_shape=[1, 1]) for _ in range(3)]
+    b.mark_output(b.op("Concat", [*branches, b.op("Relu", [x])], axis=1))  # the Relu is elementwise: no stream
+    est = tune.estimate(ir.from_proto(b.build()))
+    assert est["streams"] == 3 and est["layers"] == 4
 
 
 def fake_builder(calls: list[str]) -> tune.Builder:
