@@ -176,9 +176,9 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     """Engine layers and standalone kernels TensorRT is likely to make of ``model``.
 
     A layer per compute node (Conv, MatMul, pools, a fused conv+activation unit, ...); an
-    elementwise node joins the layer of its producer when it is that producer's only reader (the
-    conv+bias+activation and pointwise fusions TensorRT makes), else it starts a standalone
-    kernel; a Split costs one copy kernel per output; reshapes, concats and constant or shape
+    elementwise node joins the layer of a producer it is the only reader of (the conv+bias+
+    activation, residual-add and pointwise fusions TensorRT makes; not a broadcasting one, such as
+    a squeeze-excitation scale), else it starts a standalone kernel; a Split costs one copy kernel per output; reshapes, concats and constant or shape
     computations cost nothing (TensorRT removes or folds them). ``streams`` is the widest fan-out
     of one tensor into layers that are not elementwise (an Inception block's parallel branches):
     TensorRT runs such branches on auxiliary streams, whose tensors cannot share memory.
@@ -186,11 +186,6 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     graph = model.graph
     const: set[ir.Value] = {v for v in graph.initializers.values()}
     layers = kernels = 0
-    streams = 1
-    for v in [*graph.inputs, *(o for n in graph for o in n.outputs if o is not None)]:
-        readers = {id(user) for user, _ in v.uses
-                   if not (is_onnx(user) and (user.op_type in _FREE or user.op_type in _ELEMENTWISE))}
-        streams = max(streams, len(readers))
     for node in graph:
         if all(v is None or v in const or ir.constant_tensor(v) is not None for v in node.inputs):
             const.update(v for v in node.outputs if v is not None)  # folded at build time
@@ -204,12 +199,20 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
             continue
         if op in _ELEMENTWISE:
             data = [v for v in node.inputs if v is not None and v not in const and ir.constant_tensor(v) is None]
-            src = data[0].producer if len(data) == 1 else None
-            if src is not None and len(data[0].uses) == 1 and not data[0].is_graph_output:
-                continue  # fused into its producer's layer
+            same = len({v.shape for v in data}) == 1 and data[0].shape is not None  # no broadcast (a residual Add)
+            if (len(data) == 1 or same) and any(v.producer is not None and len(v.uses) == 1 and not v.is_graph_output
+                                                for v in data):
+                continue  # fused into the layer of a producer it is the only reader of
         layers += 1
         if op in _ELEMENTWISE or op in _COPIES:
             kernels += 1
+    streams = 1
+    for v in [*graph.inputs, *(o for n in graph for o in n.outputs if o is not None)]:
+        if v in const or v.const is not None:  # weights shared by several layers are no branches
+            continue
+        readers = {id(user) for user, _ in v.uses
+                   if not (is_onnx(user) and (user.op_type in _FREE or user.op_type in _ELEMENTWISE))}
+        streams = max(streams, len(readers))
     return {"layers": layers, "kernels": kernels, "streams": streams}
 
 

@@ -77,13 +77,14 @@ def test_the_cost_model_fuses_activations_into_their_producer_and_charges_split_
     w = b.const(b.weight([12, 8, 1, 1]))
     y = b.op("Relu", [b.op("Conv", [x, w], kernel_shape=[1, 1])])  # one layer
     parts = b.op("Split", [y, b.const(np.array([4, 4, 4], np.int64))], axis=1, outputs=3)
-    s = b.op("Sigmoid", [parts[0]])  # alone after a Split output: its own kernel... or fused into the copy
+    s = b.op("Sigmoid", [parts[0]])
     flat_ = b.op("Reshape", [b.op("Add", [s, parts[1]]), b.const(np.array([1, -1], np.int64))])  # Reshape: free
     b.mark_output(flat_)
-    b.mark_output(parts[2])
+    mean = b.op("ReduceMean", [parts[2]], axes=[2, 3], keepdims=1)
+    b.mark_output(b.op("Mul", [parts[2], mean]))  # a broadcasting scale: its own kernel
     est = tune.estimate(ir.from_proto(b.build()))
-    # Conv+Relu 1, Split 3 copies, Sigmoid fused into its copy, Add 1 (two data inputs)
-    assert est == {"layers": 5, "kernels": 4, "streams": 1}
+    # Conv+Relu 1, Split 3 copies, Sigmoid and the same-shape Add fused, ReduceMean 1, Mul 1
+    assert est == {"layers": 6, "kernels": 4, "streams": 1}
 
 
 def test_the_cost_model_counts_parallel_branches_as_streams():
