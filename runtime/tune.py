@@ -92,6 +92,10 @@ class Choices:
         loop.append("remove-dead")
         return ",".join(loop), "fuse-conv-act,remove-dead" if self.conv_act == "after" else ""
 
+    def distance(self) -> int:
+        """How many choices differ from ``default``."""
+        return sum(getattr(self, f.name) != getattr(DEFAULT, f.name) for f in dataclasses.fields(self))
+
     def label(self) -> str:
         """What differs from ``default``, e.g. ``horizontal=split conv_act=off``."""
         diff = [f"{f.name}={_text(getattr(self, f.name))}" for f in dataclasses.fields(self)
@@ -434,8 +438,9 @@ class Search:
         built = [c for c in self.candidates if c.built and c.measured]
         if not built:
             return None
-        tie = {m: 1.0 for m in METRICS}
-        return min(built, key=lambda c: (c.objective, objective(c.measured, self.base_measured, tie), c.id))
+        tie = {m: 1.0 for m in METRICS}  # ties go to the better engine overall, then to the fewest changed choices
+        return min(built, key=lambda c: (c.objective, objective(c.measured, self.base_measured, tie),
+                                         c.choices.distance() if c.choices is not None else 0, c.id))
 
     def _pending(self) -> list[Candidate]:
         return [c for c in self.candidates if c.duplicate_of is None and not c.built and c.path]
