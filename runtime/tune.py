@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -401,6 +402,8 @@ class Search:
         c.predicted = estimate(model)
         arena = predicted_memory(model, self.dims)
         c.predicted["memory"] = None if arena is None else arena * c.predicted["streams"]
+        del model
+        gc.collect()  # the pass manager moves a model's objects to the oldest generation: free each one now
         if choices is None:
             self.base_predicted = dict(c.predicted)
         c.predicted_objective = objective(c.predicted, self.base_predicted, self.weights)
