@@ -188,6 +188,9 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     of one tensor into layers that are not elementwise (an Inception block's parallel branches):
     TensorRT runs such branches on auxiliary streams, whose tensors cannot share memory.
     """
+    from optgraph.passes.shapes import infer_shapes
+
+    infer_shapes(model)  # the shapes tell a residual Add from a broadcasting scale (annotations only)
     graph = model.graph
     const: set[ir.Value] = {v for v in graph.initializers.values()}
     layers = kernels = 0
