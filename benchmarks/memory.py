@@ -28,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,11 +147,12 @@ def versus_table(rows: list[Versus]) -> list[str]:
         return "n/a" if not trt else f"{planned / trt:.2f}"
 
     lines = ["## optgraph plan beside TensorRT-RTX, every model", "",
-             "`optgraph plan MODEL` with its defaults (strategy `best`, file order, all aliases; dynamic dims from `--dim`, else 1)",
-             "against the \"Total Activation Memory\" TensorRT-RTX's builder reports for the same file, as given and",
-             "after `optgraph run` (`default`). \"folded\": sizes needed the shape computations folded first, which",
-             "`plan` now does itself. TensorRT's figure includes its kernels' scratch memory and its own fusions,",
-             "so the two measure different graphs; the ratio shows how much of TensorRT's total is the arena.", "",
+             "`optgraph plan MODEL` with its defaults (strategy `best`, file order, all aliases; dynamic dims from",
+             "`--dim`, else 1) against the \"Total Activation Memory\" TensorRT-RTX's builder reports for the same",
+             "file, as given and after `optgraph run` (`default`). \"folded\": sizes needed the shape computations",
+             "folded first, which `plan` now does itself. TensorRT's figure includes its kernels' scratch memory and",
+             "its own fusions, so the two measure different graphs; the ratio shows how much of TensorRT's total is",
+             "the arena.", "",
              "| model | nodes | planned MiB (strategy) | LB MiB | TensorRT MiB | plan / TensorRT | nodes after default "
              "| planned MiB | TensorRT MiB | plan / TensorRT |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -159,8 +161,9 @@ def versus_table(rows: list[Versus]) -> list[str]:
             lines.append(f"| {r.model} | {r.error} | | | | | | | | |")
             continue
         fold = " folded" if r.folded[0] else ""
-        lines.append(f"| {r.model} | {r.nodes[0]} | {mib(r.planned[0])} ({r.strategy[0]}{fold}) | {mib(r.lower_bound[0])} "
-                     f"| {mib(r.tensorrt[0])} | {ratio(r.planned[0], r.tensorrt[0])} | {r.nodes[1]} "
+        lines.append(f"| {r.model} | {r.nodes[0]} | {mib(r.planned[0])} ({r.strategy[0]}{fold}) "
+                     f"| {mib(r.lower_bound[0])} | {mib(r.tensorrt[0])} | {ratio(r.planned[0], r.tensorrt[0])} "
+                     f"| {r.nodes[1]} "
                      f"| {mib(r.planned[1])} | {mib(r.tensorrt[1])} | {ratio(r.planned[1], r.tensorrt[1])} |")
     return lines + [""]
 
@@ -197,7 +200,7 @@ def below(arena: int, reference: int) -> str:
     return f"{100 * (1 - arena / reference):.1f}%"
 
 
-def report(rows: list[Row], timings: list[Timing], trt_flavor: str, versus: list[Versus] = ()) -> str:  # type: ignore[assignment]
+def report(rows: list[Row], timings: list[Timing], trt_flavor: str, versus: Sequence[Versus] = ()) -> str:
     best = lambda sizes: min(sizes.values())  # noqa: E731
     lines = [
         "# Activation memory: optgraph's arena plans",

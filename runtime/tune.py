@@ -1,16 +1,16 @@
 """``optgraph tune``: search the pipeline choices for one model with TensorRT builds in the loop.
 
 A candidate is a set of choices (``Choices``): which fusion and cleanup passes run, horizontal
-fusion with or without a Split (and its minimum branch count), the conv+activation units after the fixed point, inside it or not at all,
-layout simplification, and the order of the cleanup and fusion passes inside the fixed point.
+fusion with or without a Split (and its minimum branch count), the conv+activation units after
+the fixed point, inside it or not at all, and the order of the passes inside the fixed point.
 Each candidate is optimized, written, and hashed (SHA-256 of the written model): choices that
-give the same graph share one engine build. A cheap cost model ranks the candidates that have not
-been built yet from the optimized graph alone (estimated engine layers and standalone kernels
-from fusable chains, the arena of optgraph's memory planner times the parallel branches TensorRT
-runs on streams of their own), and only the best-ranked are built;
-its Spearman correlation with the measured figures over the built candidates says how far to
-trust it. The objective is a weighted sum of engine figures, each divided by the original
-model's: ``layers``, ``kernels`` (standalone generated kernels), ``memory`` (activation bytes).
+give the same graph share one engine build. A cheap cost model ranks the candidates not built yet
+from the optimized graph alone (engine layers and standalone kernels estimated from fusable
+chains; the arena of optgraph's memory planner times the parallel branches TensorRT runs on
+streams of their own), and only the best-ranked are built; its Spearman correlation with the
+measured figures over the built candidates says how far to trust it. The objective is a weighted
+mean of engine figures, each divided by the original model's: ``layers``, ``kernels``
+(standalone generated kernels), ``memory`` (activation bytes).
 
 The search is seeded with the original model and ``default``, then alternates: a few new
 candidates (mutations of the best measured so far, or random ones, from ``--seed``) are
@@ -183,10 +183,11 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     A layer per compute node (Conv, MatMul, pools, a fused conv+activation unit, ...); an
     elementwise node joins the layer of a producer it is the only reader of (the conv+bias+
     activation, residual-add and pointwise fusions TensorRT makes; not a broadcasting one, such as
-    a squeeze-excitation scale), else it starts a standalone kernel; a Split costs one copy kernel per output; reshapes, concats and constant or shape
-    computations cost nothing (TensorRT removes or folds them). ``streams`` is the widest fan-out
-    of one tensor into layers that are not elementwise (an Inception block's parallel branches):
-    TensorRT runs such branches on auxiliary streams, whose tensors cannot share memory.
+    a squeeze-excitation scale), else it starts a standalone kernel; a Split costs one copy kernel
+    per output; reshapes, concats and constant or shape computations cost nothing (TensorRT
+    removes or folds them). ``streams`` is the widest fan-out of one tensor into layers that are
+    not elementwise (an Inception block's parallel branches): TensorRT runs such branches on
+    auxiliary streams, whose tensors cannot share memory.
     """
     from optgraph.passes.shapes import infer_shapes
 
@@ -511,7 +512,9 @@ class Search:
             if len(out) == n:
                 break
             if parents and self.rng.random() < 0.6:
-                choices = mutate(parents[int(self.rng.integers(len(parents)))].choices, self.rng)  # type: ignore[arg-type]
+                parent = parents[int(self.rng.integers(len(parents)))].choices
+                assert parent is not None
+                choices = mutate(parent, self.rng)
             else:
                 choices = random_choices(self.rng)
             if choices not in self.seen and choices not in out:
@@ -559,8 +562,8 @@ def markdown(result: Result, model: str) -> str:
              "", f"Best: #{b.id} `{b.label}`: {_figures(b.measured)} (objective {b.objective:.4f}) against the "
              f"original's {_figures(o.measured)} (objective {_fmt(o.objective)}).", "",
              f"Cost model, Spearman over the built candidates: {rho}.", "",
-             "| # | choices | nodes | est. layers | est. kernels | est. MiB (arena x streams) | est. objective | layers | kernels "
-             "| activation MiB | objective | build s |",
+             "| # | choices | nodes | est. layers | est. kernels | est. MiB (arena x streams) | est. objective "
+             "| layers | kernels | activation MiB | objective | build s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
         m = c.measured
