@@ -75,3 +75,16 @@ def test_node_count_expands_function_calls() -> None:
     model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
                                                                    helper.make_opsetid("local", 1)])
     assert common.count_nodes(model) == 2 * 2 + 1 + 2 * 1
+
+
+def test_memory_plan_beside_tensorrt_table_on_the_example(tmp_path: Path) -> None:
+    sys.path.insert(0, str(COMPARE.parent))
+    try:
+        import memory  # benchmarks/memory.py
+    finally:
+        sys.path.remove(str(COMPARE.parent))
+    example = COMPARE.parent.parent / "examples" / "inception_mini.onnx"
+    row = memory.plan_and_build(example, tmp_path, build=False, sizes={"N": 2})
+    assert row.planned[0] > 0 and row.nodes[1] < row.nodes[0] and row.tensorrt == (None, None)
+    table = "\n".join(memory.versus_table([row]))
+    assert "| inception_mini | 175 |" in table and "n/a" in table
