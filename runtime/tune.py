@@ -291,6 +291,7 @@ class Candidate:
     predicted_objective: float = math.inf
     duplicate_of: int | None = None
     built: bool = False
+    build_index: int | None = None  # 1 for the first engine built, ...
     measured: dict[str, float | None] = field(default_factory=dict)
     objective: float | None = None
     build_seconds: float | None = None
@@ -306,7 +307,7 @@ class Candidate:
         return {"id": self.id, "label": self.label, "sha256": self.sha256, "nodes": self.nodes,
                 "optimize_seconds": round(self.optimize_seconds, 3), "predicted": self.predicted,
                 "predicted_objective": _finite(self.predicted_objective), "duplicate_of": self.duplicate_of,
-                "built": self.built, "measured": self.measured, "objective": _finite(self.objective),
+                "built": self.built, "build_index": self.build_index, "measured": self.measured, "objective": _finite(self.objective),
                 "build_seconds": None if self.build_seconds is None else round(self.build_seconds, 3),
                 "error": self.error, "loop": self.loop, "after": self.after}
 
@@ -422,7 +423,7 @@ class Search:
     def build(self, c: Candidate) -> None:
         out = self.builder(c.path)
         self.builds += 1
-        c.built, c.build_seconds, c.error = True, out["seconds"], out.get("error", "")
+        c.built, c.build_index, c.build_seconds, c.error = True, self.builds, out["seconds"], out.get("error", "")
         if out["ok"]:
             c.measured = {k: out[k] for k in METRICS}
             if not self.base_measured:  # the original, or the first candidate TensorRT could build
@@ -601,7 +602,7 @@ def plot(result: Result, path: str) -> None:
     import matplotlib.pyplot as plt
 
     built = [c for c in result.candidates if c.built and c.measured]
-    order = sorted(built, key=lambda c: c.id)
+    order = sorted(built, key=lambda c: c.build_index or 0)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax1.scatter([c.predicted_objective for c in built], [c.objective for c in built], s=18)
     ax1.scatter([result.best.predicted_objective], [result.best.objective], s=60, marker="*", color="red", label="best")
@@ -650,6 +651,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise TuneError(f"--seconds must be positive, got {args.seconds}")
     _load(args.model)  # a bad model is one clear error before TensorRT is needed
     say = (lambda _: None) if args.quiet else (lambda s: print(f"optgraph: {s}", file=sys.stderr))
+    checked = ""
     search = Search(args.model, weights=weights, builder=trt_builder(dims), builds=args.builds,
                     seconds=args.seconds, seed=args.seed, dims=dims, log=say)
     try:
@@ -663,6 +665,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 print(f"optgraph: mismatch: the winner #{result.best.id} differs: {check.message}; "
                       "nothing written", file=sys.stderr)
                 return 1
+            checked = f"  check: the winner matches the input on onnxruntime ({check.message})"
         files = outputs(args.output)
         png = None
         if not args.no_plot:
@@ -688,6 +691,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"  best:     {_figures(b.measured)}; objective {_fmt(b.objective)}")
         print(f"  cost model Spearman (objective): {'n/a' if rho is None else f'{rho:+.2f}'}; "
               f"table {outputs(args.output)['md']}")
+        if args.check:
+            print(checked)
     return 0
 
 

@@ -177,4 +177,6 @@ def test_tune_the_example_with_tensorrt(tmp_path, capsys):
     assert json.loads(Path(files["spec"]).read_text())["label"] == best["label"]
     assert "| # | choices |" in Path(files["md"]).read_text()
     assert Path(files["png"]).stat().st_size > 0 and out.stat().st_size > 0
-    assert "best #" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best #" in printed and "check: the winner matches the input" in printed
+    assert sorted(r["build_index"] for r in rows if r["built"]) == list(range(1, data["builds"] + 1))
