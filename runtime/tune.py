@@ -682,6 +682,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             os.replace(f"{png}.tmp.png", png)
     finally:
         search.close()
+        if os.path.exists(f"{outputs(args.output)['png']}.tmp.png"):  # a failure after the plot: no partial output
+            os.remove(f"{outputs(args.output)['png']}.tmp.png")
     if not args.quiet:
         b, o = result.best, result.original
         rho = result.spearman["objective"]
