@@ -307,7 +307,8 @@ class Candidate:
         return {"id": self.id, "label": self.label, "sha256": self.sha256, "nodes": self.nodes,
                 "optimize_seconds": round(self.optimize_seconds, 3), "predicted": self.predicted,
                 "predicted_objective": _finite(self.predicted_objective), "duplicate_of": self.duplicate_of,
-                "built": self.built, "build_index": self.build_index, "measured": self.measured, "objective": _finite(self.objective),
+                "built": self.built, "build_index": self.build_index, "measured": self.measured,
+                "objective": _finite(self.objective),
                 "build_seconds": None if self.build_seconds is None else round(self.build_seconds, 3),
                 "error": self.error, "loop": self.loop, "after": self.after}
 
