@@ -181,7 +181,8 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     """Engine layers and standalone kernels TensorRT is likely to make of ``model``.
 
     A layer per compute node (Conv, MatMul, pools, a fused conv+activation unit, ...); an
-    elementwise node joins the layer of a producer it is the only reader of (the conv+bias+
+    elementwise node joins a layer when all its operands come from that layer (SiLU's
+    ``x * sigmoid(x)``) or when it is the only reader of that layer's output (the conv+bias+
     activation, residual-add and pointwise fusions TensorRT makes; not a broadcasting one, such as
     a squeeze-excitation scale), else it starts a standalone kernel; a Split costs one copy kernel
     per output; reshapes, concats and constant or shape computations cost nothing (TensorRT
@@ -195,6 +196,7 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
     graph = model.graph
     const: set[ir.Value] = {v for v in graph.initializers.values()}
     layers = kernels = 0
+    layer_of: dict[ir.Value, int] = {}  # a tensor -> the estimated layer that writes it
     for node in graph:
         if all(v is None or v in const or ir.constant_tensor(v) is not None for v in node.inputs):
             const.update(v for v in node.outputs if v is not None)  # folded at build time
@@ -202,17 +204,28 @@ def estimate(model: ir.Model) -> dict[str, float | None]:
         op = node.op_type if node.domain in ("", "ai.onnx") else ""
         if op in _FREE:
             continue
-        if op == "Split":
-            n = sum(1 for v in node.outputs if v is not None)
-            layers, kernels = layers + n, kernels + n
+        if op == "Split":  # a copy kernel per output
+            for v in (v for v in node.outputs if v is not None):
+                layers, kernels = layers + 1, kernels + 1
+                layer_of[v] = layers
             continue
+        outputs = [v for v in node.outputs if v is not None]
         if op in _ELEMENTWISE:
             data = [v for v in node.inputs if v is not None and v not in const and ir.constant_tensor(v) is None]
+            groups = {layer_of.get(v) for v in data}
             same = len({v.shape for v in data}) == 1 and data[0].shape is not None  # no broadcast (a residual Add)
-            if (len(data) == 1 or same) and any(v.producer is not None and len(v.uses) == 1 and not v.is_graph_output
-                                                for v in data):
-                continue  # fused into the layer of a producer it is the only reader of
+            sole = [layer_of[v] for v in data if v in layer_of and len(v.uses) == 1 and not v.is_graph_output]
+            if len(groups) == 1 and None not in groups:
+                joined = groups.pop()  # every operand from one layer: x * sigmoid(x) after a conv
+            elif (len(data) == 1 or same) and sole:
+                joined = sole[0]  # the only reader of a layer's output: conv + bias + activation, residual Add
+            else:
+                joined = None
+            if joined is not None:
+                layer_of.update((v, joined) for v in outputs)
+                continue
         layers += 1
+        layer_of.update((v, layers) for v in outputs)
         if op in _ELEMENTWISE or op in _COPIES:
             kernels += 1
     streams = 1

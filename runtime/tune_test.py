@@ -180,3 +180,11 @@ def test_tune_the_example_with_tensorrt(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "best #" in printed and "check: the winner matches the input" in printed
     assert sorted(r["build_index"] for r in rows if r["built"]) == list(range(1, data["builds"] + 1))
+
+
+def test_the_cost_model_fuses_silu_into_its_conv():
+    b = GraphBuilder(17)
+    x = b.input((1, 8, 4, 4), name="x")
+    y = b.op("Conv", [x, b.const(b.weight([8, 8, 3, 3]))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    b.mark_output(b.op("Mul", [y, b.op("Sigmoid", [y])]))  # y has two readers, both inside the unit
+    assert tune.estimate(ir.from_proto(b.build())) == {"layers": 1, "kernels": 0, "streams": 1}
