@@ -188,3 +188,24 @@ def test_the_cost_model_fuses_silu_into_its_conv():
     y = b.op("Conv", [x, b.const(b.weight([8, 8, 3, 3]))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     b.mark_output(b.op("Mul", [y, b.op("Sigmoid", [y])]))  # y has two readers, both inside the unit
     assert tune.estimate(ir.from_proto(b.build())) == {"layers": 1, "kernels": 0, "streams": 1}
+
+
+def test_a_time_budget_stops_the_search_and_failed_builds_are_recorded():
+    calls: list[str] = []
+    good = fake_builder(calls)
+
+    def original_fails(path: str) -> dict:
+        if not calls:
+            calls.append(path)
+            return {"ok": False, "seconds": 0.0, "error": "In node 0 (parse): unsupported"}
+        return good(path)
+
+    search = tune.Search(EXAMPLE, weights={"layers": 1.0}, builder=original_fails, builds=50, seconds=1e-3)
+    try:
+        result = search.run()
+    finally:
+        search.close()
+    assert result.stopped == "seconds" and result.builds == 2  # the original and default, then time is up
+    original, default = result.candidates[:2]
+    assert original.built and not original.measured and original.error.startswith("In node 0")
+    assert result.best is default and default.objective == 1.0  # the first engine built is the reference
