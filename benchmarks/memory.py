@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--models benchmarks/models] [--out docs/benchmarks/memory.md]
                                 [--no-execute] [--no-tensorrt] [--sizes 1600 16000 64000]
+                                [--files MODEL.onnx ...]
 
 Models are the legacy-exporter files of benchmarks/models.py (exported into --models when
 missing): ResNet-50, GoogLeNet, Inception-v3 and DenseNet-121 at batch 1, fp32. Each is planned
@@ -14,6 +15,10 @@ strategy reaches without aliasing, then with in-place, concat and split aliases 
 whether executing that plan in its arena matches onnxruntime. TensorRT-RTX's figure is the
 "Total Activation Memory" its builder reports for the exported file (it does its own fusion).
 The synthetic series times planning alone (sizes, lifetimes, aliases, both strategies).
+
+``--files`` adds any exported models (torchvision, timm, ultralytics, transformers; dynamic dims
+at 1, as TensorRT's one-point profile takes them) to a table of the arena ``optgraph plan``
+computes beside TensorRT-RTX's activation memory, for the file as given and after ``default``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +106,75 @@ def measure(name: str, path: Path, pipeline: str, execute: bool) -> Row:
     return row
 
 
-def tensorrt_activation(path: Path) -> int | None:
+@dataclass
+class Versus:
+    """``optgraph plan`` (default options) beside TensorRT-RTX, for one file as given and after ``default``."""
+
+    model: str
+    nodes: tuple[int, int]
+    lower_bound: tuple[int, int]
+    planned: tuple[int, int]
+    strategy: tuple[str, str]
+    folded: tuple[bool, bool]  # sizes needed the shape computations folded
+    tensorrt: tuple[int | None, int | None]
+    error: str = ""
+
+
+def plan_and_build(path: Path, tmp: Path, build: bool = True, sizes: dict[str, int] | None = None) -> Versus:
+    """Plan ``path`` the way ``optgraph plan`` does and build it, as given and after ``default``."""
+    from optgraph.passes.base import PassContext
+    from optgraph.passes.memory.liveness import plannable_infos
+
+    results = []
+    for pipeline in ("none", "default"):
+        model = ir.load(path)
+        dims = {d: (sizes or {}).get(d, 1) for v in model.graph.inputs for d in (v.shape or ()) if isinstance(d, str)}
+        if pipeline != "none":
+            run_passes(model, pipeline)
+        built = tmp / f"{path.stem}.{pipeline}.onnx"
+        ir.save(model, built)
+        nodes = len(model.graph)
+        ctx = PassContext(dims=dims)
+        ctx.bind(model)
+        plan = plan_memory(model, plannable_infos(model, ctx), dims=dims)
+        results.append((nodes, plan.lower_bound, plan.arena_size, plan.strategy, len(model.graph) != nodes,
+                        tensorrt_activation(built, dims) if build else None))
+    a, b = results
+    return Versus(path.stem, (a[0], b[0]), (a[1], b[1]), (a[2], b[2]), (a[3], b[3]), (a[4], b[4]), (a[5], b[5]))
+
+
+def versus_table(rows: list[Versus]) -> list[str]:
+    def ratio(planned: int, trt: int | None) -> str:
+        return "n/a" if not trt else f"{planned / trt:.2f}"
+
+    lines = ["## optgraph plan beside TensorRT-RTX, every model", "",
+             "`optgraph plan MODEL` with its defaults (strategy `best`, file order, all aliases; dynamic dims from",
+             "`--dim`, else 1) against the \"Total Activation Memory\" TensorRT-RTX's builder reports for the same",
+             "file, as given and after `optgraph run` (`default`). \"folded\": sizes needed the shape computations",
+             "folded first, which `plan` now does itself. TensorRT's figure includes its kernels' scratch memory and",
+             "its own fusions, so the two measure different graphs; the ratio shows how much of TensorRT's total is",
+             "the arena.", "",
+             "| model | nodes | planned MiB (strategy) | LB MiB | TensorRT MiB | plan / TensorRT | nodes after default "
+             "| planned MiB | TensorRT MiB | plan / TensorRT |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.model} | {r.error} | | | | | | | | |")
+            continue
+        fold = " folded" if r.folded[0] else ""
+        lines.append(f"| {r.model} | {r.nodes[0]} | {mib(r.planned[0])} ({r.strategy[0]}{fold}) "
+                     f"| {mib(r.lower_bound[0])} | {mib(r.tensorrt[0])} | {ratio(r.planned[0], r.tensorrt[0])} "
+                     f"| {r.nodes[1]} "
+                     f"| {mib(r.planned[1])} | {mib(r.tensorrt[1])} | {ratio(r.planned[1], r.tensorrt[1])} |")
+    return lines + [""]
+
+
+def tensorrt_activation(path: Path, dims: dict[str, int] | None = None) -> int | None:
     from optgraph.runtime import tensorrt
 
     if not tensorrt.available():
         return None
-    return tensorrt.build(str(path)).activation_bytes
+    return tensorrt.build(str(path), dims=dims, keep_log=False).activation_bytes
 
 
 def time_planning(n: int, folder: Path) -> Timing:
@@ -131,7 +201,7 @@ def below(arena: int, reference: int) -> str:
     return f"{100 * (1 - arena / reference):.1f}%"
 
 
-def report(rows: list[Row], timings: list[Timing], trt_flavor: str) -> str:
+def report(rows: list[Row], timings: list[Timing], trt_flavor: str, versus: Sequence[Versus] = ()) -> str:
     best = lambda sizes: min(sizes.values())  # noqa: E731
     lines = [
         "# Activation memory: optgraph's arena plans",
@@ -160,6 +230,8 @@ def report(rows: list[Row], timings: list[Timing], trt_flavor: str) -> str:
                 f"| {mib(r.planned['greedy-breadth'])} | {below(best(r.planned), r.file_lb)} below "
                 f"| {r.inplace} / {r.concat} / {r.split} | {r.order} | {r.executed} | {mib(r.tensorrt)} |")
         lines.append("")
+    if versus:
+        lines += versus_table(versus)
     lines += ["## Targets", "",
               "| model | pipeline | no aliasing: best arena over file LB (target <= 1.02) "
               "| plan: best arena below file LB (target >= 15%) |",
@@ -185,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-execute", action="store_true", help="skip running the plans in their arena")
     parser.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT-RTX builds")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(zoo.SYNTHETIC_SIZES))
+    parser.add_argument("--files", nargs="*", type=Path, default=[],
+                        help="more models for the plan-beside-TensorRT table (e.g. timm, ultralytics exports)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                        help="size of a symbolic dim of the --files models (others are 1)")
     args = parser.parse_args(argv)
     args.models.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
@@ -204,6 +280,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14} {pipeline:13} file LB {mib(row.file_lb):>7} MiB  plan "
                   f"{mib(min(row.planned.values())):>7} MiB ({below(min(row.planned.values()), row.file_lb)} below)"
                   f"  {row.executed}  TensorRT {mib(trt)} MiB", flush=True)
+    versus = []
+    with tempfile.TemporaryDirectory(prefix="optgraph-memory-") as tmp:
+        for path in args.files:
+            try:
+                v = plan_and_build(path, Path(tmp), not args.no_tensorrt,
+                                   {k: int(n) for k, _, n in (d.partition("=") for d in args.dim)})
+            except ir.OptGraphError as e:
+                v = Versus(path.stem, (0, 0), (0, 0), (0, 0), ("", ""), (False, False), (None, None), f"error: {e}")
+            versus.append(v)
+            print(f"{v.model:28} planned {mib(v.planned[0]):>7} MiB  TensorRT {mib(v.tensorrt[0]):>7} MiB  "
+                  f"after default {mib(v.planned[1]):>7} / {mib(v.tensorrt[1]):>7} MiB {v.error}", flush=True)
     timings = []
     for n in args.sizes:
         t = time_planning(n, args.models)
@@ -211,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthetic {t.nodes:6d} nodes: sizes {t.infos:.2f}s, file plan {t.file:.2f}s, "
               f"memory plan {t.memory:.2f}s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, timings, trt_flavor))
+    args.out.write_text(report(rows, timings, trt_flavor, versus))
     print(f"wrote {args.out}")
     return 0
 

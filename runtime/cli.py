@@ -304,8 +304,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from optgraph.passes import PassManager, parse_pipeline
     from optgraph.passes.base import PassContext
-    from optgraph.passes.memory.liveness import TensorInfos
     from optgraph.passes.memory import PlanOptions, check_plan, format_plan, plan_memory, plot_plan
+    from optgraph.passes.memory.liveness import plannable_infos
 
     steps = parse_pipeline(args.passes)
     for out in filter(None, (args.json, args.plot)):
@@ -315,8 +315,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with progress.status("running passes") as update:
         PassManager(steps, ctx=ctx).run(model)  # the model as it would be saved, planned in memory
         update("planning memory")
+        nodes = len(model.graph)
+        infos = plannable_infos(model, ctx)
+        if len(model.graph) != nodes:
+            print(f"optgraph: note: sizes depend on shape computations; planned with them folded "
+                  f"({nodes} -> {len(model.graph)} nodes)", file=sys.stderr)
         options = PlanOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PlanOptions)})
-        plan = plan_memory(model, ctx.get(TensorInfos), options, dims=ctx.dims)
+        plan = plan_memory(model, infos, options, dims=ctx.dims)
     print(format_plan(plan))
     if args.json:
         _write_json(args.json, plan.to_json())
@@ -426,10 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_options(plan, data=False)
     plan.set_defaults(func=cmd_plan)
 
-    from optgraph.runtime import build, quantize
+    from optgraph.runtime import build, quantize, tune
 
     build.add_command(sub)
     quantize.add_command(sub)
+    tune.add_command(sub)
     return parser
 
 

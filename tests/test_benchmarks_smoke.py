@@ -95,3 +95,14 @@ def test_large_and_scale_benchmarks_on_tiny_models(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-2000:]
     scale = (tmp_path / "scale.md").read_text()
     assert "| passes |" in scale and "| fuse-conv-bn |" in scale and "`optgraph --version`" in scale
+def test_memory_plan_beside_tensorrt_table_on_the_example(tmp_path: Path) -> None:
+    sys.path.insert(0, str(COMPARE.parent))
+    try:
+        import memory  # benchmarks/memory.py
+    finally:
+        sys.path.remove(str(COMPARE.parent))
+    example = COMPARE.parent.parent / "examples" / "inception_mini.onnx"
+    row = memory.plan_and_build(example, tmp_path, build=False, sizes={"N": 2})
+    assert row.planned[0] > 0 and row.nodes[1] < row.nodes[0] and row.tensorrt == (None, None)
+    table = "\n".join(memory.versus_table([row]))
+    assert "| inception_mini | 175 |" in table and "n/a" in table

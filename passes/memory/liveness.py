@@ -82,11 +82,13 @@ def inferred_types(model: ir.Model, dims: Mapping[str, int]) -> dict[str, tuple[
     return out
 
 
-def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict[ir.Value, TensorInfo]:
+def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None, *,
+                 folded: bool = False) -> dict[ir.Value, TensorInfo]:
     """Concrete type and size of the main graph's inputs, initializers and node outputs.
 
     Shapes come from the model; shape inference fills in what is missing. A tensor whose size
-    is still unknown raises UnknownSizeError naming it (and the symbolic dims to give, if any).
+    is still unknown raises UnknownSizeError naming it (and the symbolic dims to give, if any;
+    ``folded``: the shape computations were folded already, so the error does not suggest it).
     """
     dims = dict(dims or {})
     graph = model.graph
@@ -107,7 +109,7 @@ def tensor_infos(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict
             info = _info(v.dtype or dtype, shape if _concrete(v.shape, dims) is None else v.shape, dims)
             if info is None:
                 settable = {d for u in graph.inputs for d in (u.shape or ()) if isinstance(d, str)}
-                raise UnknownSizeError(_unknown_size_message(v, dtype, shape, dims, settable))
+                raise UnknownSizeError(_unknown_size_message(v, dtype, shape, dims, settable, folded))
             infos[v] = info
     return infos
 
@@ -121,7 +123,7 @@ def _info(dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int]) -> T
 
 
 def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, dims: Mapping[str, int],
-                          settable: set[str]) -> str:
+                          settable: set[str], folded: bool = False) -> str:
     """Why ``v`` has no size; ``settable`` are the graph inputs' symbolic dims (the ones --dim can set)."""
     dtype = v.dtype or dtype
     shape = v.shape if v.shape is not None else shape
@@ -133,7 +135,8 @@ def _unknown_size_message(v: ir.Value, dtype: int, shape: ir.core.Shape | None, 
         why = "give " + ", ".join(f"--dim {n}=SIZE" for n in missing)
     elif missing or any(d is None for d in shape):
         why = ("a dimension depends on values shape inference cannot follow, even with the input sizes known "
-               "(folding constants first, --passes fold-constants, often makes it static)")
+               + ("and the shape computations folded" if folded else
+                  "(folding constants first, --passes fold-constants, often makes it static)"))
     elif not dtype:
         why = "its element type is unknown"
     else:
@@ -238,6 +241,33 @@ class TensorInfos(Analysis[dict[ir.Value, TensorInfo]]):
 
     def compute(self, model: ir.Model, ctx: PassContext) -> dict[ir.Value, TensorInfo]:
         return tensor_infos(model, ctx.dims)
+
+
+def plannable_infos(model: ir.Model, ctx: PassContext) -> dict[ir.Value, TensorInfo]:
+    """The sizes the planner needs, running what sizing takes when shape inference alone cannot:
+    the context's dims are written into the graph and the shape computations folded (a fixed
+    point of fold-constants and remove-dead), as TensorRT does at build time. Then the model
+    planned is that graph, at those sizes (YOLO's Slice bounds, DeiT's class-token Expand and a
+    dynamic BERT's mask reshapes only become static this way).
+    """
+    try:
+        return ctx.get(TensorInfos)
+    except UnknownSizeError:
+        pass
+    from optgraph.passes.manager import FixedPoint, PassManager, parse_pipeline
+
+    bind_dims(model, ctx.dims)
+    PassManager([FixedPoint("size", parse_pipeline("fold-constants,remove-dead"), 8)], ctx=ctx).run(model)
+    ctx.get(ShapeInference)
+    return tensor_infos(model, ctx.dims, folded=True)
+
+
+def bind_dims(model: ir.Model, dims: Mapping[str, int]) -> None:
+    """Replace the named symbolic dims by their sizes in every main-graph value (interface included)."""
+    graph = model.graph
+    for v in [*graph.inputs, *graph.outputs, *(o for n in graph for o in n.outputs if o is not None)]:
+        if v.shape is not None and any(isinstance(d, str) and d in dims for d in v.shape):
+            v.shape = tuple(dims[d] if isinstance(d, str) and d in dims else d for d in v.shape)
 
 
 class FileOrderLiveness(Analysis[Liveness]):

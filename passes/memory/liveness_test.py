@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from optgraph import ir
 from optgraph.passes.base import PassContext
 from optgraph.passes.memory.liveness import (FileOrderLiveness, UnknownSizeError, live_profile, liveness,
-                                      tensor_infos)
+                                             plannable_infos, tensor_infos)
 from optgraph.passes.testing.strategies import GraphBuilder
 
 FLOAT_BYTES = 4
@@ -91,6 +91,40 @@ def test_shapes_that_depend_on_user_dims_are_inferred_with_the_dims_filled_in():
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     infos = tensor_infos(model, {"N": 3})
     assert infos[values(model)["z"]].shape == (3, 12)
+
+
+def sliced_by_a_shape_computation() -> ir.Model:
+    """y = Relu(x[:, :N/2]) for x of shape [N, 8]: the Slice's end comes from Shape, Gather, Div,
+    Unsqueeze, which onnx's inference does not follow even with N known."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])
+    inits = [onnx.numpy_helper.from_array(np.array(a, np.int64), n)
+             for n, a in [("one", 1), ("two", 2), ("zero", [0]), ("axis", [1])]]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
+             helper.make_node("Div", ["n", "two"], ["h"]), helper.make_node("Unsqueeze", ["h", "zero"], ["u"]),
+             helper.make_node("Slice", ["x", "zero", "u", "axis"], ["sl"]), helper.make_node("Relu", ["sl"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+
+
+def test_sizes_behind_a_shape_computation_are_found_by_folding_it_at_the_user_dims():
+    model = sliced_by_a_shape_computation()
+    with pytest.raises(UnknownSizeError, match=r"cannot size tensor 'sl'.*--passes fold-constants"):
+        tensor_infos(model, {"N": 6})
+    ctx = PassContext(dims={"N": 6})
+    ctx.bind(model)
+    infos = plannable_infos(model, ctx)
+    assert infos[values(model)["sl"]].shape == (6, 4)
+    assert [n.op_type for n in model.graph] == ["Slice", "Relu"]  # the shape computation folded away
+    assert model.graph.inputs[0].shape == (6, 8)
+
+
+def test_planning_sizes_leave_a_model_that_infers_alone_untouched():
+    model = chain()
+    ctx = PassContext()
+    ctx.bind(model)
+    plannable_infos(model, ctx)
+    assert [n.op_type for n in model.graph] == ["Relu", "Sigmoid", "Add"]
 
 
 def test_an_unknown_rank_is_an_error_naming_the_tensor():

@@ -12,7 +12,8 @@ from optgraph.passes.memory.model import ORDERS, STRATEGIES, PlanError
 class PlanOptions:
     """Checked when made, so a bad value fails before any planning (a pipeline spec at parse time)."""
 
-    strategy: str = field(default="greedy-breadth", metadata={"choices": STRATEGIES})
+    strategy: str = field(default="best", metadata={
+        "choices": ("best", *STRATEGIES), "help": "best (default): the smallest arena of the strategies"})
     order: str = field(default="file", metadata={
         "choices": ORDERS, "help": "memory: a schedule with a lower peak when there is one"})
     alignment: int = field(default=256, metadata={"help": "byte alignment of each buffer (default 256)"})
@@ -21,8 +22,8 @@ class PlanOptions:
     split: bool = field(default=True, metadata={"help": "split aliases"})
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise PlanError(f"unknown strategy '{self.strategy}' (strategies: {', '.join(STRATEGIES)})")
+        if self.strategy != "best" and self.strategy not in STRATEGIES:
+            raise PlanError(f"unknown strategy '{self.strategy}' (strategies: best, {', '.join(STRATEGIES)})")
         if self.order not in ORDERS:
             raise PlanError(f"unknown order '{self.order}' (orders: {', '.join(ORDERS)})")
         if self.alignment < 1:

@@ -203,6 +203,25 @@ def test_alignment_and_the_figures_hold():
     assert set(p.strategies) == set(STRATEGIES) and p.strategies[p.strategy] == p.arena_size
 
 
+def test_the_default_strategy_is_the_smallest_arena_and_is_the_one_starred(monkeypatch):
+    from optgraph.passes.memory import planner as mp
+
+    real = mp.place
+
+    def breadth_worse(groups, n_steps, strategy, alignment, profile):  # type: ignore[no-untyped-def]
+        offsets, size = real(groups, n_steps, strategy, alignment, profile)
+        return offsets, size + (4096 if strategy == "greedy-breadth" else 0)
+
+    monkeypatch.setattr(mp, "place", breadth_worse)
+    p = plan(inception())
+    assert p.strategy == "greedy-size" and p.arena_size == min(p.strategies.values())
+    assert p.strategies["greedy-breadth"] > p.arena_size
+    starred = [line for line in format_plan(p).splitlines() if line.startswith("*")]
+    assert len(starred) == 1 and "greedy-size" in starred[0]
+    asked = plan(inception(), strategy="greedy-breadth")  # an explicit choice is kept, even when larger
+    assert asked.strategy == "greedy-breadth" and asked.arena_size == asked.strategies["greedy-breadth"]
+
+
 def branchy() -> ir.Model:
     """Two branches, each a big tensor then a small one; the file runs both big ones first."""
     b = GraphBuilder(17)
@@ -239,8 +258,8 @@ def test_plans_are_byte_identical_across_runs_and_survive_json():
 
 
 def test_bad_options_and_foreign_json_are_clear_errors():
-    with pytest.raises(PlanError, match="unknown strategy 'best'"):
-        plan(inception(), strategy="best")
+    with pytest.raises(PlanError, match="unknown strategy 'nope'"):
+        plan(inception(), strategy="nope")
     with pytest.raises(PlanError, match="unknown order"):
         plan(inception(), order="random")
     with pytest.raises(PlanError, match="not an optgraph memory plan"):
@@ -426,6 +445,18 @@ def test_optgraph_plan_prints_the_figures_and_writes_json_and_a_plot(tmp_path, c
     data = json.loads(out_json.read_text())
     assert data["format"] == "optgraph-memory-plan" and data["aliases"] and data["schedule"]
     assert out_png.stat().st_size > 0
+
+
+def test_optgraph_plan_folds_the_shape_computations_it_needs(tmp_path, capsys):
+    from optgraph.passes.memory.liveness_test import sliced_by_a_shape_computation
+
+    path = tmp_path / "m.onnx"
+    ir.save(sliced_by_a_shape_computation(), path)
+    before = path.read_bytes()
+    assert main(["plan", str(path), "--dim", "N=6", "--check", "--inputs", "1"]) == 0
+    out = capsys.readouterr()
+    assert "checked:" in out.out and "planned with them folded (6 -> 2 nodes)" in out.err
+    assert path.read_bytes() == before
 
 
 def test_optgraph_plan_names_a_missing_dim(tmp_path, capsys):

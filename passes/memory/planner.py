@@ -91,12 +91,12 @@ def plan_memory(model: ir.Model, infos: Mapping[ir.Value, TensorInfo], options: 
             layout, used = other, "memory"
     live = layout.live
     n_steps = len(live.schedule)
-    arenas = {}
-    chosen: list[int] = []
+    arenas, offsets = {}, {}
     for name in STRATEGIES:
-        offsets, arenas[name] = place(layout.groups, n_steps, name, alignment, layout.profile)
-        if name == strategy:
-            chosen = offsets
+        offsets[name], arenas[name] = place(layout.groups, n_steps, name, alignment, layout.profile)
+    if strategy == "best":  # the smallest arena; ties go to the first strategy listed
+        strategy = min(STRATEGIES, key=lambda name: arenas[name])
+    chosen = offsets[strategy]
     base = {g.root: at for g, at in zip(layout.groups, chosen)}
     placements = {}
     for v, t in live.tensors.items():
