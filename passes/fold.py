@@ -21,6 +21,7 @@ node), and all folds of one run together by no more than that either.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ class FoldConstants(Pass):
     class Options:
         size_limit: int = 4 << 20  # bytes one fold, and one run's folds together, may grow the model by
         deny: tuple[str, ...] = ("DequantizeLinear",)  # op types never folded (random ops never are)
+        shapes: bool = True  # also fold Shape/Size of values with static dims (off: constant inputs only)
+
+    def covers(self, required: Pass) -> bool:
+        """A run folding shape computations too covers one that folds constant inputs only."""
+        return isinstance(required, FoldConstants) and \
+            dataclasses.replace(required.options, shapes=self.options.shapes) == self.options and \
+            (self.options.shapes or not required.options.shapes)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
@@ -88,7 +96,8 @@ class FoldConstants(Pass):
                         or node.subgraphs():
                     continue
                 else:
-                    values = self._shape_values(node, opset) if node.op_type in ("Shape", "Size", "Gather", "Slice") else None
+                    values = self._shape_values(node, opset) \
+                        if self.options.shapes and node.op_type in ("Shape", "Size", "Gather", "Slice") else None
                     done = self._replace(graph, node, values, stats) if values is not None else \
                         self._evaluate(graph, node, opsets, stats)
                 if done:

@@ -177,6 +177,8 @@ def format_report(data: dict[str, Any]) -> str:
     for rec in data["passes"]:
         if rec["changed"] or rec["stats"]:
             where = f" [{rec['group']} #{rec['iteration']}]" if rec["group"] else ""
+            if rec.get("required_by"):
+                where += f" (required by {rec['required_by']})"
             stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
             lines.append(f"  {rec['name']}{where}: {rec['nodes_before']} -> {rec['nodes_after']} nodes"
                          f" in {rec['seconds'] * 1000:.1f} ms  {stats}")
