@@ -72,6 +72,7 @@ class FoldConstants(Pass):
         size_limit: int = 4 << 20  # bytes one fold, and one run's folds together, may grow the model by
         deny: tuple[str, ...] = ("DequantizeLinear",)  # op types never folded (random ops never are)
         shapes: bool = True  # also fold Shape/Size of values with static dims (off: constant inputs only)
+        rounds: int = 4  # sweeps at most, with shapes inferred again after each that folded something
 
     def covers(self, required: Pass) -> bool:
         """A run folding shape computations too covers one that folds constant inputs only."""
@@ -84,6 +85,18 @@ class FoldConstants(Pass):
         folded = 0
         self._budget = self.options.size_limit
         self._ctx = ctx
+        for _ in range(self.options.rounds if self.options.shapes else 1):
+            done = self._sweep(model, stats)
+            folded += done
+            if not done:
+                break
+            # What this sweep folded (a Pad's pads, a Reshape's target) gives shape inference
+            # shapes it could not find before, and Shape nodes further on fold with them.
+            ctx.invalidate()
+        return PassResult(folded > 0, +stats)
+
+    def _sweep(self, model: ir.Model, stats: Counter[str]) -> int:
+        folded = 0
         opset = model.opset()
         opsets = {d or "": v for d, v in model.opset_imports.items()}
         for graph in model.all_graphs(functions=False):  # function bodies cannot hold initializers
@@ -103,7 +116,7 @@ class FoldConstants(Pass):
                 if done:
                     stats[f"{node.op_type}_folded"] += 1
                     folded += 1
-        return PassResult(folded > 0, +stats)
+        return folded
 
     # --- shapes ---------------------------------------------------------------------------------
 
