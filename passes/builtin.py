@@ -1,7 +1,7 @@
 """The built-in passes and groups. Importing a pass module registers its passes."""
 
 from optgraph.passes import concat, dce, fuse_conv_act, fuse_conv_bn, fuse_horizontal, fuse_pad  # noqa: F401
-from optgraph.passes import fuse_scale  # noqa: F401
+from optgraph.passes import fuse_scale, merge_slices  # noqa: F401
 from optgraph.passes import cse, fold, layout, noops, shapes, tensorrt_ready  # noqa: F401
 from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.precision import fp16  # noqa: F401  (fp16, bf16; in no group)
@@ -21,7 +21,7 @@ register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches
 # same-input layers itself and imports a Split as a dozen layers. Conv+activation units are made
 # once, after the loop: they hide the Conv from every rewrite that could still apply to it.
 register_group("simplify", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
-                            "tensorrt-ready", *[p if p != "fuse-horizontal" else "fuse-horizontal{split=false}"
+                            "merge-slices", "tensorrt-ready", *[p if p != "fuse-horizontal" else "fuse-horizontal{split=false}"
                                                 for p in FUSE if p != "fuse-conv-act"], "remove-dead"],
                "Fold, clean up and fuse until nothing changes (default without the conv+activation units)",
                fixed_point=True)

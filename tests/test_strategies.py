@@ -100,6 +100,7 @@ DETECTORS: dict[str, Callable[[_Index], bool]] = {
     "dead_branch": lambda x: any(o not in x.live() for n in x.nodes for o in n.output if o),
     "scaled_layer": lambda x: any(n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and x.op(n.input[0]) == "Mul"
                                   and any(x.is_const(i) for i in x.producer[n.input[0]].input) for n in x.nodes),
+    "slice_chain": lambda x: any(n.op_type == "Slice" and x.op(n.input[0]) == "Slice" for n in x.nodes),
 }
 
 

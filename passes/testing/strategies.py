@@ -741,6 +741,18 @@ def scaled_layer(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     return out
 
 
+def slice_chain(draw: DrawFn, b: GraphBuilder, v: str) -> str:
+    """``x[:, a::2, b::2]`` as exporters write it: Slices one axis at a time, the first one read by
+    one or two Slices (same axis or another), maybe also by something else."""
+    y = slice_(draw, b, v)
+    outs = [slice_(draw, b, y) for _ in range(draw(st.integers(1, 2)))]
+    if draw(st.integers(0, 3)) == 0:
+        outs.append(activation(draw, b, y))
+    for extra in outs[1:]:
+        b.mark_output(extra)
+    return outs[0]
+
+
 def graph_output_inside(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     """A value that is both a graph output and consumed further (conv before its BN, or a no-op)."""
     if b.rank(v) == 4 and draw(st.booleans()):
@@ -863,6 +875,7 @@ MOTIFS: dict[str, Motif] = {
     "concat_split": concat_split, "shared_weights": shared_weights, "graph_output_inside": graph_output_inside,
     "no_op": no_op, "duplicate": duplicate, "constant_subgraph": constant_subgraph, "shape_chain": shape_chain,
     "residual": residual, "dead_branch": dead_branch, "scaled_layer": scaled_layer,
+    "slice_chain": slice_chain,
 }
 
 
