@@ -111,6 +111,12 @@ class PassContext:
             del self._cache[key]
 
 
+# What a layer fusion needs to see its weights (the ``requires`` of the fusion passes): constant
+# subexpressions (Constant nodes, Transpose/Cast/Reshape of initializers) folded into
+# initializers. Only constant inputs are folded: shape computations are not the fusions' business.
+WEIGHTS_VISIBLE = ("fold-constants{shapes=false}",)
+
+
 class Pass:
     """Base class for rewrite and analysis passes.
 
@@ -120,6 +126,10 @@ class Pass:
         metadata) that change no result, so its changes never keep a fixed point going;
         "analysis" only computes, and reports through ``PassResult.data``.
       preserves: the Analysis classes a change by this pass leaves valid (with what they require).
+      requires: pipeline items (``name`` or ``name{key=value}``) that must have run before this
+        pass: the manager runs each one once per pipeline run, before the first pass that needs
+        it, unless an earlier step already covered it (see ``covers``); the report marks them.
+        Analyses need no entry: they are computed on first use through ``ctx.get``.
       Options: a dataclass of typed options, settable as ``name{key=value}`` in a pipeline.
     """
 
@@ -127,6 +137,7 @@ class Pass:
     description: ClassVar[str]
     kind: ClassVar[str] = "rewrite"
     preserves: ClassVar[frozenset[type[Analysis[Any]]]] = frozenset()
+    requires: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Options:
@@ -137,6 +148,10 @@ class Pass:
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
+
+    def covers(self, required: Pass) -> bool:
+        """Whether having run this pass satisfies the prerequisite ``required``."""
+        return type(self) is type(required) and self.options == required.options
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"

@@ -4,6 +4,11 @@ Spec grammar: a comma list of items; an item is a pass or group name, optionally
 braces: ``fold-constants{size_limit=1000000},dce``. ``none`` is the empty pipeline. A group marked
 fixed-point becomes a loop that repeats its members until none changes anything (or its cap is
 hit, which the report records as non-convergence).
+
+Prerequisites: a pass may name, in ``requires``, passes that must have run before it (shape
+inference, folding of constant weights); the manager runs each once per pipeline run, just before
+the first pass that needs it, and not at all when an earlier step already covered it. Their
+records carry ``required_by``, so the report shows what ran and why.
 """
 
 from __future__ import annotations
@@ -111,9 +116,11 @@ def _expand(name: str, options: dict[str, str], seen: tuple[str, ...]) -> list[S
     except KeyError as e:
         raise PipelineError(e.args[0]) from None
     try:
-        return [cls(**options)]
+        step = cls(**options)
     except (TypeError, ValueError) as e:
         raise PipelineError(str(e)) from None
+    prerequisites(cls)  # a bad ``requires`` fails here, before anything runs
+    return [step]
 
 
 @dataclass
@@ -126,6 +133,7 @@ class PassRecord:
     nodes_after: int
     group: str | None = None
     iteration: int | None = None
+    required_by: str | None = None  # set when the manager ran this pass as a prerequisite
 
 
 @dataclass
@@ -188,6 +196,7 @@ class PassManager:
         self.failed: Pass | None = None
 
     def run(self, model: ir.Model) -> Report:
+        self._ran: list[Pass] = []  # every pass run so far, prerequisites included
         report = Report(ops_before=op_histogram(model))
         report.nodes_before = sum(report.ops_before.values())
         self.ctx.bind(model)
@@ -231,7 +240,12 @@ class PassManager:
         return changed
 
     def _run_pass(self, p: Pass, model: ir.Model, report: Report, group: str | None,
-                  iteration: int | None) -> bool:
+                  iteration: int | None, required_by: str | None = None) -> bool:
+        changed = False
+        for req in prerequisites(type(p)):
+            if not any(done.covers(req) for done in self._ran):
+                changed |= self._run_pass(req, model, report, group, iteration, type(p).name)
+        self._ran.append(p)
         before = node_count(model)
         t0 = time.perf_counter()
         try:
@@ -243,7 +257,7 @@ class PassManager:
             raise PassFailure(type(p).name, e) from e
         seconds = time.perf_counter() - t0
         record = PassRecord(type(p).name, seconds, result.changed, dict(sorted(result.stats.items())),
-                            before, node_count(model), group, iteration)
+                            before, node_count(model), group, iteration, required_by)
         report.passes.append(record)
         if result.data:
             report.results[record.name] = dict(result.data)
@@ -256,7 +270,27 @@ class PassManager:
                     raise ir.VerificationError(f"after pass '{record.name}': {e}") from None
         if self.after_each is not None:
             self.after_each(model, record)
-        return result.changed and type(p).kind != "annotation"
+        return changed or (result.changed and type(p).kind != "annotation")
+
+
+_PREREQUISITES: dict[type[Pass], list[Pass]] = {}
+_RESOLVING: list[str] = []  # the chain of ``requires`` being parsed (finds cycles)
+
+
+def prerequisites(cls: type[Pass]) -> list[Pass]:
+    """The passes ``cls.requires`` names, in order (parsed and checked once per class)."""
+    if cls.name in _RESOLVING:
+        raise PipelineError(f"passes require each other: {' -> '.join((*_RESOLVING, cls.name))}")
+    if cls not in _PREREQUISITES:
+        _RESOLVING.append(cls.name)
+        try:
+            steps = [s for spec in cls.requires for s in parse_pipeline(spec)]
+        finally:
+            _RESOLVING.pop()
+        if any(isinstance(s, FixedPoint) for s in steps):
+            raise PipelineError(f"pass '{cls.name}' requires a fixed-point group")
+        _PREREQUISITES[cls] = steps  # type: ignore[assignment]
+    return _PREREQUISITES[cls]
 
 
 def run_passes(model: ir.Model, spec: str, **kwargs: Any) -> Report:

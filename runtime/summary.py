@@ -109,8 +109,10 @@ def format_report(data: dict[str, Any], file: TextIO | None = None) -> None:
     for rec in data["passes"]:
         if rec["changed"] or rec["stats"]:
             where = f" [{rec['group']} #{rec['iteration']}]" if rec["group"] else ""
+            if rec.get("required_by"):
+                where += f" (required by {rec['required_by']})"
             stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
-            lines.append(f"  {rec['name']}{where}: {rec['nodes_before']} -> {rec['nodes_after']} top-level nodes"
+            lines.append(f"  {rec['name']}{where}: {rec['nodes_before']} -> {rec['nodes_after']} nodes in all graphs"
                          f" in {rec['seconds'] * 1000:.1f} ms  {stats}")
     for group, ok in data["converged"].items():
         if not ok:

@@ -98,6 +98,9 @@ DETECTORS: dict[str, Callable[[_Index], bool]] = {
     "residual": lambda x: any(n.op_type == "Add" and any(x.op(i) in ("Conv", "BatchNormalization", "MatMul")
                                                          for i in n.input) for n in x.nodes),
     "dead_branch": lambda x: any(o not in x.live() for n in x.nodes for o in n.output if o),
+    "scaled_layer": lambda x: any(n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and x.op(n.input[0]) == "Mul"
+                                  and any(x.is_const(i) for i in x.producer[n.input[0]].input) for n in x.nodes),
+    "slice_chain": lambda x: any(n.op_type == "Slice" and x.op(n.input[0]) == "Slice" for n in x.nodes),
 }
 
 
@@ -241,7 +244,7 @@ def test_constant_params_use_every_spelling() -> None:
 def test_default_mix_is_rich_in_conv_bn_pairs() -> None:
     seen = Counter()
 
-    @settings(max_examples=30)
+    @settings(max_examples=50)
     @given(models(inputs=["image"]))
     def count(model: onnx.ModelProto) -> None:
         seen["pairs"] += _conv_bn_pairs(_Index(model))

@@ -21,6 +21,7 @@ node), and all folds of one run together by no more than that either.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections import Counter
@@ -69,14 +70,33 @@ class FoldConstants(Pass):
     class Options:
         size_limit: int = 4 << 20  # bytes one fold, and one run's folds together, may grow the model by
         deny: tuple[str, ...] = ("DequantizeLinear",)  # op types never folded (random ops never are)
+        shapes: bool = True  # also fold Shape/Size of values with static dims (off: constant inputs only)
+        rounds: int = 4  # sweeps at most, with shapes inferred again after each that folded something
+
+    def covers(self, required: Pass) -> bool:
+        """A run folding shape computations too covers one that folds constant inputs only."""
+        return isinstance(required, FoldConstants) and \
+            dataclasses.replace(required.options, shapes=self.options.shapes) == self.options and \
+            (self.options.shapes or not required.options.shapes)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()
         self._budget = self.options.size_limit
         self._ctx = ctx
+        rw = ir.Rewriter(model.graph)
+        for _ in range(self.options.rounds if self.options.shapes else 1):
+            if not self._sweep(model, rw, stats):
+                break
+            # What this sweep folded (a Pad's pads, a Reshape's target) gives shape inference
+            # shapes it could not find before, and Shape nodes further on fold with them.
+            ctx.invalidate()
+        return PassResult(rw.changed, +stats)
+
+    def _sweep(self, model: ir.Model, root: ir.Rewriter, stats: Counter[str]) -> int:
+        """One walk over every graph; the number of nodes folded."""
+        folded = 0
         opset = model.opset()
         opsets = {d or "": v for d, v in model.opset_imports.items()}
-        root = ir.Rewriter(model.graph)
         for graph in model.all_graphs(functions=False):  # function bodies cannot hold initializers
             rw = root.on(graph)
             for node in graph:
@@ -88,12 +108,14 @@ class FoldConstants(Pass):
                         or node.subgraphs():
                     continue
                 else:
-                    values = self._shape_values(node, opset) if node.op_type in ("Shape", "Size", "Gather", "Slice") else None
+                    values = self._shape_values(node, opset) \
+                        if self.options.shapes and node.op_type in ("Shape", "Size", "Gather", "Slice") else None
                     done = self._replace(rw, node, values, stats) if values is not None else \
                         self._evaluate(rw, node, opsets, stats)
                 if done:
                     stats[f"{node.op_type}_folded"] += 1
-        return PassResult(root.changed, +stats)
+                    folded += 1
+        return folded
 
     # --- shapes ---------------------------------------------------------------------------------
 

@@ -276,3 +276,29 @@ def test_skipped_folds_do_not_keep_the_fixed_point_going() -> None:
         }"""))
     report = run_passes(model, "default")
     assert report.converged["simplify"] and report.iterations["simplify"] <= 2
+
+
+# A Pad whose pads are computed: shape inference learns the Pad's output shape only once the pads
+# are folded, and the Shape of that output folds one sweep later (Swin's window padding).
+PADDED_SHAPE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 2, 3, 3] x) => (float[1, 2, 4, 4] y) <int64[8] a = {0, 0, 0, 0, 0, 0, 1, 1}, int64 one = {1}> {
+  pads = Mul(a, one)
+  t = Pad(x, pads)
+  s = Shape(t)
+  r = Reshape(t, s)
+  y = Relu(r)
+}
+"""
+
+
+def test_shapes_learned_from_a_fold_are_used_in_the_next_sweep() -> None:
+    _, once = rewrite_text("fold-constants{rounds=1}", PADDED_SHAPE)
+    assert once.totals() == {"Mul_folded": 1}
+    _, report = rewrite_text("fold-constants", PADDED_SHAPE)
+    assert report.totals() == {"Mul_folded": 1, "Shape_folded": 1}
+
+
+def test_shapes_false_folds_constant_inputs_only() -> None:
+    _, report = rewrite_text("fold-constants{shapes=false}", PADDED_SHAPE)
+    assert report.totals() == {"Mul_folded": 1}

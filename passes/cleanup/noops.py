@@ -190,6 +190,9 @@ class RemoveNoOps(Pass):
     name = "remove-noops"
     description = "Remove Identity and nodes that are no-ops at inference (Dropout, same-type Cast, x+0, ...)"
     preserves = frozenset({ShapeInference})
+    # The checks need constant operands and static shapes: a Reshape's target is often a shape
+    # computation, a Mul's 1 a Constant node. Folding them is what makes `dce` drop dead work.
+    requires = ("fold-constants",)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         stats = counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from optgraph import ir
+from optgraph.passes.base import WEIGHTS_VISIBLE
 from optgraph.passes.pattern import Match, MatchResult, RewritePass, Rewriter, Rule, Var, op
 from optgraph.passes.registry import register
 
@@ -201,4 +202,5 @@ class AddIntoConv(_ChannelAffineIntoConv):
 class FuseConvBn(RewritePass):
     name = "fuse-conv-bn"
     description = "Fold inference BatchNormalization and per-channel Mul/Add into Conv, ConvTranspose, Gemm, MatMul"
+    requires = WEIGHTS_VISIBLE
     rules = (BnIntoConv(), BnIntoGemm(), BnIntoMatMul(), BnIntoMatMulNoBias(), MulIntoConv(), AddIntoConv())

@@ -30,6 +30,7 @@ import numpy as np
 
 from optgraph import ir
 from optgraph.ir.opset import ACTIVATIONS, activation_key, is_onnx
+from optgraph.passes.base import WEIGHTS_VISIBLE
 from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, describe
 from optgraph.passes.registry import register
 
@@ -303,6 +304,7 @@ class HorizontalGemm(_Horizontal):
 class FuseHorizontal(RewritePass):
     name = "fuse-horizontal"
     description = "Fuse parallel Conv/MatMul/Gemm branches on one input into one wider layer plus Split"
+    requires = WEIGHTS_VISIBLE
 
     @dataclass
     class Options(RewritePass.Options):

@@ -11,6 +11,7 @@ and Pads in front of pools (a zero would win a max where a pool's own padding ne
 from __future__ import annotations
 
 from optgraph import ir
+from optgraph.passes.base import WEIGHTS_VISIBLE
 from optgraph.passes.pattern import Match, MatchResult, RewritePass, Rewriter, Rule, Var, op
 from optgraph.passes.registry import register
 
@@ -68,4 +69,5 @@ class PadIntoConv(Rule):
 class FusePadConv(RewritePass):
     name = "fuse-pad-conv"
     description = "Fold a zero Pad in front of a Conv into the Conv's padding"
+    requires = WEIGHTS_VISIBLE
     rules = (PadIntoConv(),)

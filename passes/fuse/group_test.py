@@ -29,7 +29,7 @@ def test_bundled_example_folds_every_bn_and_fuses_branches(tmp_path: Path) -> No
 
 
 @given(models(motifs=["parallel_convs", "conv_bn_act", "concat_split", "nested_concat", "shared_weights",
-                      "graph_output_inside", "parallel_matmuls"],
+                      "graph_output_inside", "parallel_matmuls", "scaled_layer"],
               ops=["conv", "activation", "batchnorm", "gemm", "matmul"], opsets=range(11, ORT_NEWEST + 1),
               max_nodes=20))
 def test_random_graphs_through_the_group_stay_equivalent(model: onnx.ModelProto) -> None:

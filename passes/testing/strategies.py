@@ -722,6 +722,37 @@ def shared_weights(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     return batchnorm(draw, b, y2) if draw(st.booleans()) else b.op("Add", [y1, y2])
 
 
+def scaled_layer(draw: DrawFn, b: GraphBuilder, v: str) -> str:
+    """A Mul by a constant feeding a Conv, ConvTranspose, MatMul or Gemm: mostly a scalar (GELU's
+    0.5 before the next layer), sometimes per-feature, sometimes also read elsewhere."""
+    rank = b.rank(v)
+    layers = [f for f, ok in ((conv, rank == 4), (conv_transpose, rank == 4), (matmul, rank >= 2),
+                              (gemm, rank == 2)) if ok]
+    b.require(bool(layers))
+    shape = draw(st.sampled_from(((), (), (1,), (1,) * rank, _int_dims(b, v, rank - 1), (1,) * (rank + 1))))
+    value = np.full(shape, draw(st.sampled_from((0.5, 0.5, -1.5, 0.0, 3.0e-3))), np.float32)
+    if shape and shape[-1] > 1:
+        value = value * b.rng.uniform(0.5, 2.0, shape).astype(np.float32)  # per feature: not a scalar
+    s = param(draw, b, value)
+    y = b.op("Mul", [v, s] if draw(st.booleans()) else [s, v])
+    out = draw(st.sampled_from(layers))(draw, b, y)
+    if draw(st.integers(0, 4)) == 0:
+        b.mark_output(y)  # the scaled value is needed as it is: the Mul must stay
+    return out
+
+
+def slice_chain(draw: DrawFn, b: GraphBuilder, v: str) -> str:
+    """``x[:, a::2, b::2]`` as exporters write it: Slices one axis at a time, the first one read by
+    one or two Slices (same axis or another), maybe also by something else."""
+    y = slice_(draw, b, v)
+    outs = [slice_(draw, b, y) for _ in range(draw(st.integers(1, 2)))]
+    if draw(st.integers(0, 3)) == 0:
+        outs.append(activation(draw, b, y))
+    for extra in outs[1:]:
+        b.mark_output(extra)
+    return outs[0]
+
+
 def graph_output_inside(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     """A value that is both a graph output and consumed further (conv before its BN, or a no-op)."""
     if b.rank(v) == 4 and draw(st.booleans()):
@@ -843,7 +874,8 @@ MOTIFS: dict[str, Motif] = {
     "parallel_convs": parallel_convs, "parallel_matmuls": parallel_matmuls, "nested_concat": nested_concat,
     "concat_split": concat_split, "shared_weights": shared_weights, "graph_output_inside": graph_output_inside,
     "no_op": no_op, "duplicate": duplicate, "constant_subgraph": constant_subgraph, "shape_chain": shape_chain,
-    "residual": residual, "dead_branch": dead_branch,
+    "residual": residual, "dead_branch": dead_branch, "scaled_layer": scaled_layer,
+    "slice_chain": slice_chain,
 }
 
 
