@@ -9,8 +9,10 @@ Two sources give the same report:
 
 The accounting maps every ONNX node of the model to the engine layers whose metadata names it
 (``[ONNX Layer: node]``); a node no layer names is reported as folded (a constant or shape
-computation TensorRT evaluates at build time), eliminated (a reshape or no-op TensorRT removes)
-or unaccounted.
+computation TensorRT evaluates at build time), eliminated (a reshape or no-op TensorRT removes,
+or an elementwise op with a constant operand whose readers all sit in layers: TensorRT merges
+such a scale or shift into the layer that reads it without naming it, as attention's q and k
+scaling into the GEMM) or unaccounted.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _MEMORY_RE = re.compile(r"(Total Activation Memory|Total Weights Memory|Max Scra
 # ONNX ops TensorRT removes outright when they only move metadata (no layer names them).
 _ELIMINABLE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout", "Cast", "Transpose",
                          "Expand", "Concat", "Split", "Slice"})
+# Elementwise ops that TensorRT merges into the layer reading them when one operand is constant.
+_MERGEABLE = frozenset({"Mul", "Add", "Sub", "Div"})
 # ONNX ops whose outputs TensorRT knows at build time when their inputs are.
 _SHAPE_SOURCES = frozenset({"Shape", "Size"})
 
@@ -249,6 +253,10 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
     """Map the model's main-graph nodes to engine layers (see the module docstring)."""
     named = {n for layer in report.layers for n in layer.onnx_nodes}
     static = {t.name for t in model.graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node.name)
     acc = Accounting()
     for k, node in enumerate(model.graph.node):
         label = node.name or f"{node.op_type}#{k}"
@@ -260,7 +268,9 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
             acc.in_layers += 1
         elif outputs_static:
             acc.folded.append(label)
-        elif node.op_type in _ELIMINABLE and node.domain in ("", "ai.onnx"):
+        elif node.domain in ("", "ai.onnx") and (node.op_type in _ELIMINABLE or (
+                node.op_type in _MERGEABLE and any(i in static for i in node.input)
+                and all(r in named for o in node.output for r in readers.get(o, [None])))):
             acc.eliminated.append(label)
         else:
             acc.unaccounted.append(label)

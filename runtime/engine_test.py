@@ -82,6 +82,23 @@ def test_accounting_covers_every_node():
     assert account(dropped, MODEL).unaccounted == ["add"]
 
 
+def test_a_constant_scale_merged_into_the_layer_reading_it_is_accounted() -> None:
+    """Attention's q and k scaling: TensorRT merges the scalar Mul into the GEMM and names only
+    the GEMM; a Mul whose reader no layer names stays unaccounted."""
+    model = parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,4] x, float[4,4] k) => (float[1,4] y) <float s = {0.5}> {
+        [scale] q = Mul(x, s)  [mm] y = MatMul(q, k)
+    }
+    """)
+    log = [LOG[0], LOG[1].replace("[ONNX Layer: conv | fused (ConvRelu_1)][ONNX Layer: relu | fused (ConvRelu_1)]"
+                                  "[ONNX Layer: add]", "[ONNX Layer: mm]")]
+    acc = account(parse_build_log(log), model)
+    assert (acc.in_layers, acc.eliminated, acc.unaccounted) == (1, ["scale"], [])
+    unnamed = [LOG[0], log[1].replace("[ONNX Layer: mm]", "")]
+    assert account(parse_build_log(unnamed), model).unaccounted == ["scale", "mm"]
+
+
 def test_json_round_trip():
     r = parse_build_log(LOG)
     r.accounting = account(r, MODEL)
