@@ -1,4 +1,4 @@
-"""Side by side: optgraph ``default`` and ``fuse,dce`` against onnxsim, onnxslim, onnxoptimizer and onnxruntime's offline optimizer.
+"""Side by side: optgraph ``default`` and ``fuse,dce`` against onnxsim, onnxslim, onnxoptimizer and onnxruntime.
 
     python benchmarks/compare.py [--models NAME...] [--tools TOOL...] [--quick] [--timeout 600]
 
@@ -238,7 +238,8 @@ def run(selected: list[tuple[str, Path]], tools: list[str], timeout: float, late
 def _brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
-    keys = ("seconds", "nodes", "trt_layers", "engine_layers", "engine_kernels", "latency_off_ms", "latency_on_ms", "equivalent", "measure_error")
+    keys = ("seconds", "nodes", "trt_layers", "engine_layers", "engine_kernels", "latency_off_ms", "latency_on_ms",
+            "equivalent", "measure_error")
     return " ".join(f"{k}={_fmt(r[k])}" for k in keys if k in r)
 
 
@@ -380,7 +381,8 @@ def render(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], time
                          f"{_cell(r, 'latency_off_ms', '{:.2f}')} | {_cell(r, 'latency_on_ms', '{:.2f}')} | "
                          f"{_equiv_cell(r)} |")
         notes = [f"- {tool}: {r['trt_error']}" for tool, r in res.items() if r.get("trt_error")]
-        notes += [f"- {tool}: engine build failed: {r['engine_error']}" for tool, r in res.items() if r.get("engine_error")]
+        notes += [f"- {tool}: engine build failed: {r['engine_error']}" for tool, r in res.items()
+                  if r.get("engine_error")]
         notes += [f"- {tool}: {r['oracle']}" for tool, r in res.items() if r.get("equivalent") is False]
         notes += [f"- {tool}: {r.get('measure_error') or r.get('run_error')}" for tool, r in res.items()
                   if r.get("measure_error") or r.get("run_error")]

@@ -1,6 +1,7 @@
 """The built-in passes and groups. Importing a pass module registers its passes."""
 
-from optgraph.passes import concat, dce, fuse_branch_pairs, fuse_conv_act, fuse_conv_bn, fuse_horizontal, fuse_pad  # noqa: F401
+from optgraph.passes import concat, dce, fuse_branch_pairs, fuse_conv_act, fuse_conv_bn, fuse_conv_sum  # noqa: F401
+from optgraph.passes import fuse_horizontal, fuse_pad  # noqa: F401
 from optgraph.passes import cse, fold, layout, noops, shapes, tensorrt_ready  # noqa: F401
 from optgraph.passes import memory_plan  # noqa: F401  (the plan-memory analysis; in no group)
 from optgraph.passes.precision import fp16  # noqa: F401  (fp16, bf16; in no group)
@@ -8,11 +9,12 @@ from optgraph.passes.precision import quantize  # noqa: F401  (quantize-int8: ne
 from optgraph.passes.registry import register_group
 
 register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-ops and unused constants")
-# Zero pads into convs and BN folding first (they leave plain convs for the others), branch pairs
-# before horizontal fusion (which would take their first convs into a Split), horizontal fusion
-# next (it can leave single-input Concats behind), the conv+activation units last (they hide the
-# Conv from the others).
-FUSE = ["fuse-pad-conv", "fuse-conv-bn", "fuse-branch-pairs", "fuse-horizontal", "eliminate-concat", "fuse-conv-act"]
+# Zero pads into convs and BN folding first (they leave plain convs for the others), summed
+# parallel convs (RepVGG) next, branch pairs before horizontal fusion (which would take their
+# first convs into a Split), horizontal fusion next (it can leave single-input Concats behind),
+# the conv+activation units last (they hide the Conv from the others).
+FUSE = ["fuse-pad-conv", "fuse-conv-bn", "fuse-conv-sum", "fuse-branch-pairs", "fuse-horizontal", "eliminate-concat",
+        "fuse-conv-act"]
 register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches, concats")
 # The order and why: docs/pipeline.md. Shapes first (the others read them), folding before the
 # no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and

@@ -33,8 +33,7 @@ import numpy as np
 
 from optgraph import ir
 from optgraph.ir.opset import ACTIVATIONS, activation_key, is_onnx
-from optgraph.passes.fuse_horizontal import single_consumer
-from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule
+from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, single_consumer
 from optgraph.passes.registry import register
 
 
