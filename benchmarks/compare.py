@@ -1,11 +1,13 @@
-"""Side by side: optgraph ``default`` against onnxsim, onnxslim, onnxoptimizer and onnxruntime's offline optimizer.
+"""Side by side: optgraph ``default`` and ``fuse,dce`` against onnxsim, onnxslim, onnxoptimizer and onnxruntime.
 
     python benchmarks/compare.py [--models NAME...] [--tools TOOL...] [--quick] [--timeout 600]
 
 For every model (benchmarks/models.py exports them; missing ones are exported first) each tool
 optimizes the file in its own process, under a timeout. Each result is then measured in another
 fresh process: nodes, layers after TensorRT's ONNX parser (tensorrt-rtx, ahead of time, no GPU),
-onnxruntime CPU latency with graph optimizations off and on (one thread, batch 1), and the
+the engine TensorRT builds from it (engine layers after TensorRT's own fusions, standalone
+generated kernels, activation memory: optgraph.runtime.engine, the same build for every tool and
+the original), onnxruntime CPU latency with graph optimizations off and on (one thread, batch 1), and the
 oracle's verdict against the original (optgraph.passes.testing.oracle: 3 seeded inputs, fp32 rtol 1e-4,
 atol 1e-5 scaled to the output's magnitude). The synthetic series (1.6k, 16k, 64k nodes) shows
 how each tool's time grows. Writes compare.md, compare.json, compare.png and scale.png into
@@ -41,13 +43,16 @@ TARGET_64K_S, TARGET_GROWTH = 6.0, 4.5  # issue 4's targets for the synthetic se
 # the tools: each reads ``src`` and writes ``dst``; the child process times the call
 
 
-def _optgraph(src: str, dst: str) -> None:
-    from optgraph import ir
-    from optgraph.passes import run_passes
+def _optgraph_pipeline(pipeline: str) -> Callable[[str, str], None]:
+    def optimize(src: str, dst: str) -> None:
+        from optgraph import ir
+        from optgraph.passes import run_passes
 
-    model = ir.load(src)
-    run_passes(model, "default")
-    ir.save(model, dst)
+        model = ir.load(src)
+        run_passes(model, pipeline)
+        ir.save(model, dst)
+
+    return optimize
 
 
 def _onnxsim(src: str, dst: str) -> None:
@@ -84,7 +89,8 @@ def _ort_basic(src: str, dst: str) -> None:
 
 
 TOOLS: dict[str, tuple[str, Callable[[str, str], None]]] = {
-    "optgraph": ("optgraph `default`", _optgraph),
+    "optgraph": ("optgraph `default`", _optgraph_pipeline("default")),
+    "optgraph-fuse": ("optgraph `fuse,dce`", _optgraph_pipeline("fuse,dce")),
     "onnxsim": ("onnxsim.simplify", _onnxsim),
     "onnxslim": ("onnxslim.slim", _onnxslim),
     "onnxoptimizer": ("onnxoptimizer.optimize (default passes)", _onnxoptimizer),
@@ -129,6 +135,19 @@ def _latency_ms(path: str, feeds: dict[str, Any], optimize: bool, budget: float)
     return min(times)  # the machine is shared: the fastest run is the least disturbed one
 
 
+def _engine(path: str) -> dict[str, Any]:
+    """The engine's figures: layers after TensorRT's fusions (stream sync records not counted),
+    standalone generated kernels, activation memory in bytes (None each when the build fails)."""
+    from optgraph.runtime import tensorrt
+
+    b = tensorrt.build(path, keep_log=False)
+    if not b.ok or b.report is None:
+        return {"engine_layers": None, "engine_error": b.errors[0] if b.errors else "build failed"}
+    rep = b.report
+    return {"engine_layers": rep.num_layers, "engine_kernels": rep.standalone_kernels,
+            "engine_activation_bytes": rep.activation_bytes, "engine_seconds": b.seconds}
+
+
 def child_measure(original: str, candidate: str, budget: str) -> None:
     import onnx
 
@@ -141,6 +160,8 @@ def child_measure(original: str, candidate: str, budget: str) -> None:
         r = tensorrt.parse(candidate)
         out["trt_layers"] = r.num_layers if r.ok else None
         out["trt_error"] = r.errors[0] if r.errors else ""
+        if r.ok:
+            out.update(_engine(candidate))
     dims = _batch_one_dims(proto)
     feeds = oracle.random_inputs(proto, seed=0, dims=dims)
     for key, opt in (("latency_off_ms", False), ("latency_on_ms", True)):
@@ -173,7 +194,7 @@ def select_models(names: list[str] | None, quick: bool, model_dir: Path) -> list
     missing = [w.split(".")[0] for w in wanted
                if not any(k[0] == w.split(".")[0] for k in manifest)]
     if missing:
-        exporters = sorted({w.split(".")[1] for w in wanted if "." in w} or set(models.EXPORTERS))
+        exporters = sorted({w.split(".")[1] for w in wanted if "." in w} or set(models.DEFAULT_EXPORTERS))
         models.build(sorted(set(missing)), exporters, model_dir)
         manifest = {(e.name, e.exporter): e for e in models.read_manifest(model_dir)}
     out = []
@@ -189,8 +210,9 @@ def select_models(names: list[str] | None, quick: bool, model_dir: Path) -> list
 
 
 def run(selected: list[tuple[str, Path]], tools: list[str], timeout: float, latency_budget: float,
-        log: Callable[[str], None]) -> dict[str, dict[str, dict[str, Any]]]:
-    """results[model][tool] = optimize seconds + measurements (or ``error``)."""
+        log: Callable[[str], None], partial: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """results[model][tool] = optimize seconds + measurements (or ``error``); written to ``partial``
+    (JSON) after each model, so that a long run stopped early still leaves its results."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in progress.track(selected, "benchmark: models"):
@@ -210,13 +232,16 @@ def run(selected: list[tuple[str, Path]], tools: list[str], timeout: float, late
                 for extra in Path(tmp).glob(f"{label}.{tool}*"):  # external data some tools write
                     extra.unlink()
             results[label] = res
+            if partial is not None:
+                partial.write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
 
 def _brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
-    keys = ("seconds", "nodes", "trt_layers", "latency_off_ms", "latency_on_ms", "equivalent", "measure_error")
+    keys = ("seconds", "nodes", "trt_layers", "engine_layers", "engine_kernels", "latency_off_ms", "latency_on_ms",
+            "equivalent", "measure_error")
     return " ".join(f"{k}={_fmt(r[k])}" for k in keys if k in r)
 
 
@@ -239,6 +264,70 @@ def _trt_cell(r: dict[str, Any]) -> str:
     return str(r["trt_layers"]) if r["trt_layers"] is not None else "**rejected**"
 
 
+def _mb(v: int | None) -> str:
+    return "" if v is None else f"{v / 1e6:.1f}"
+
+
+def _engine_cells(r: dict[str, Any]) -> str:
+    """'layers | kernels | MB' of the engine, or why there is none."""
+    if "engine_layers" not in r:
+        return "n/a | | " if "trt_layers" not in r or r["trt_layers"] is not None else "**rejected** | | "
+    if r["engine_layers"] is None:
+        return "**build failed** | | "
+    return f"{r['engine_layers']} | {r['engine_kernels']} | {_mb(r.get('engine_activation_bytes'))}"
+
+
+ENGINE_KEYS = ("engine_layers", "engine_kernels", "engine_activation_bytes")
+
+
+def engine_triple(r: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(layers, standalone kernels, activation bytes) of a result whose engine was built."""
+    if "error" in r or r.get("equivalent") is False or r.get("engine_layers") is None:
+        return None
+    return tuple(int(r.get(k) or 0) for k in ENGINE_KEYS)  # type: ignore[return-value]
+
+
+def _same_engine(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Same layers and kernels, and activation memory equal to the 0.1 MB shown."""
+    return a[:2] == b[:2] and round(a[2] / 1e5) == round(b[2] / 1e5)
+
+
+def _triple_text(t: tuple[int, int, int] | None) -> str:
+    return "–" if t is None else f"{t[0]} / {t[1]} / {t[2] / 1e6:.1f}"
+
+
+def engine_table(results: dict[str, dict[str, dict[str, Any]]], tools: list[str]) -> list[str]:
+    """Markdown: one row per model, one 'layers / kernels / MB' cell per tool, and a verdict."""
+    built = {m: res for m, res in results.items() if any(engine_triple(r) for r in res.values())}
+    if not built:
+        return []
+    cols = [ORIGINAL, *tools]
+    lines = ["| model | " + " | ".join(cols) + " | pre-optimization changes the engine? |",
+             "|---|" + "---:|" * len(cols) + "---|"]
+    for label, res in built.items():
+        triples = {t: engine_triple(res.get(t, {})) for t in cols}
+        lines.append(f"| {label} | " + " | ".join(_triple_text(triples[t]) for t in cols) + f" | {_verdict(triples)} |")
+    return lines
+
+
+def _verdict(triples: dict[str, tuple[int, int, int] | None]) -> str:
+    base = triples.get(ORIGINAL)
+    others = {t: v for t, v in triples.items() if t != ORIGINAL and v is not None}
+    if base is None or not others:
+        return ""
+    changed = {t: v for t, v in others.items() if not _same_engine(v, base)}
+    if not changed:
+        return "no: every tool's engine is the original's"
+    parts = []
+    for t, v in changed.items():
+        diffs = [f"{name} {b:g}→{a:g}" for name, a, b, scale in
+                 (("layers", v[0], base[0], 1), ("kernels", v[1], base[1], 1), ("MB", v[2], base[2], 1e6))
+                 for a, b in [(round(a / scale, 1), round(b / scale, 1))] if a != b]
+        if diffs:
+            parts.append(f"{t}: {', '.join(diffs)}")
+    return "yes: " + "; ".join(parts)
+
+
 def _equiv_cell(r: dict[str, Any]) -> str:
     if "equivalent" not in r:
         return ""
@@ -247,7 +336,7 @@ def _equiv_cell(r: dict[str, Any]) -> str:
 
 def render(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], timeout: float) -> str:
     lines = [
-        "# optgraph `default` side by side with onnxsim, onnxslim, onnxoptimizer and onnxruntime",
+        "# optgraph `default` and `fuse,dce` side by side with onnxsim, onnxslim, onnxoptimizer and onnxruntime",
         "",
         "Generated by `python benchmarks/compare.py` (models from `python benchmarks/models.py`: random",
         "weights, batch 1, fp32; `.legacy` = `torch.onnx.export(dynamo=False)`, opset 17; `.dynamo` =",
@@ -268,26 +357,41 @@ def render(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], time
     ]
     if any(not m.startswith("synthetic-") for m in results):
         lines += ["![nodes and TensorRT layers](compare.png)", ""]
+    table = engine_table(results, tools)
+    if table:
+        lines += ["## The engine TensorRT builds", "",
+                  "Each cell: **engine layers / standalone kernels / activation MB** of the engine tensorrt-rtx builds",
+                  "ahead of time from the tool's output (strongly typed, fp32, batch 1, DETAILED build log read by",
+                  "`optgraph.runtime.engine`; layers are counted after TensorRT's own fusions, stream sync records",
+                  "excluded; standalone kernels are the `kgen` layers: copies, reformats, unfused pointwise ops;",
+                  "MB = 10^6 bytes of reported activation memory). The same build for the original and every tool;",
+                  "– = no engine (the tool failed, its result is not equivalent, or TensorRT refused it).",
+                  "", *table, "", *engine_statement(results, tools), ""]
     for label, res in results.items():
-        lines += [f"## {label}", "", "| tool | nodes | TRT layers | time (s) | ORT off (ms) | ORT on (ms) | equivalent |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+        lines += [f"## {label}", "",
+                  "| tool | nodes | TRT layers | engine layers | kernels | act. MB | time (s) | ORT off (ms) | "
+                  "ORT on (ms) | equivalent |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for tool in [ORIGINAL, *tools]:
             r = res.get(tool, {})
             if "error" in r:
                 err = "**timeout**" if r["error"] == common.TIMEOUT else f"failed: {r['error']}"
-                lines.append(f"| {tool} | {err} | | | | | |")
+                lines.append(f"| {tool} | {err} | | | | | | | | |")
                 continue
-            lines.append(f"| {tool} | {_cell(r, 'nodes')} | {_trt_cell(r)} | {_cell(r, 'seconds', '{:.2f}')} | "
+            lines.append(f"| {tool} | {_cell(r, 'nodes')} | {_trt_cell(r)} | {_engine_cells(r)} | "
+                         f"{_cell(r, 'seconds', '{:.2f}')} | "
                          f"{_cell(r, 'latency_off_ms', '{:.2f}')} | {_cell(r, 'latency_on_ms', '{:.2f}')} | "
                          f"{_equiv_cell(r)} |")
         notes = [f"- {tool}: {r['trt_error']}" for tool, r in res.items() if r.get("trt_error")]
+        notes += [f"- {tool}: engine build failed: {r['engine_error']}" for tool, r in res.items()
+                  if r.get("engine_error")]
         notes += [f"- {tool}: {r['oracle']}" for tool, r in res.items() if r.get("equivalent") is False]
         notes += [f"- {tool}: {r.get('measure_error') or r.get('run_error')}" for tool, r in res.items()
                   if r.get("measure_error") or r.get("run_error")]
         if notes:
             lines += ["", *sorted(set(notes), key=notes.index)]
         lines.append("")
-    lines += ["## Where `default` is behind the best peer", "", *shortfalls(results, tools), ""]
+    lines += ["## Where `default` is behind the original or the best peer", "", *shortfalls(results, tools), ""]
     lines += scale_summary(results, tools)
     return "\n".join(lines)
 
@@ -299,7 +403,7 @@ def _ok(r: dict[str, Any]) -> bool:
 def shortfalls(results: dict[str, dict[str, dict[str, Any]]], tools: list[str]) -> list[str]:
     """One line per model where optgraph has more nodes or TRT layers than an equivalent peer, or fails."""
     out = []
-    peers = [t for t in tools if t != "optgraph"]
+    peers = [t for t in tools if not t.startswith("optgraph")]
     if "optgraph" not in tools or not peers:
         return ["(optgraph and at least one peer must run to compare)"]
     for label, res in results.items():
@@ -317,7 +421,50 @@ def shortfalls(results: dict[str, dict[str, dict[str, Any]]], tools: list[str]) 
                 out.append(f"- {label}: TensorRT rejects optgraph's result; {best} parses ({vals[best]} layers)")
             elif og.get(key) is not None and og[key] > vals[best]:
                 out.append(f"- {label}: {what} {og[key]} vs {vals[best]} ({best})")
-    return out or ["Nowhere: on every model optgraph's nodes and TensorRT layers are at most the best peer's."]
+        out += _engine_shortfalls(label, res, peers)
+    return out or ["Nowhere: on every model optgraph's nodes, TensorRT layers and engine (layers, kernels, "
+                   "activation memory) are at most the original's and the best peer's."]
+
+
+_ENGINE_WHAT = (("engine layers", 0, 1), ("standalone kernels", 1, 1), ("activation MB", 2, 1e6))
+
+
+def _engine_shortfalls(label: str, res: dict[str, dict[str, Any]], peers: list[str]) -> list[str]:
+    """Where `default`'s engine has more layers, kernels or activation memory than the original's or
+    than the best equivalent peer's (each figure on its own)."""
+    og = engine_triple(res.get("optgraph", {}))
+    if og is None:
+        return []
+    out = []
+    base = engine_triple(res.get(ORIGINAL, {}))
+    good = {t: v for t in peers if (v := engine_triple(res.get(t, {}))) is not None}
+    for what, i, scale in _ENGINE_WHAT:
+        shown = (lambda t: t[i]) if scale == 1 else (lambda t: round(t[i] / scale, 1))  # noqa: E731
+        if base is not None and shown(og) > shown(base):
+            out.append(f"- {label}: {what} {shown(og)} vs the original's {shown(base)}")
+        if good:
+            best = min(good, key=lambda t: shown(good[t]))
+            if shown(og) > shown(good[best]):
+                out.append(f"- {label}: {what} {shown(og)} vs {shown(good[best])} ({best})")
+    return out
+
+
+def engine_statement(results: dict[str, dict[str, dict[str, Any]]], tools: list[str]) -> list[str]:
+    """Plain sentences: on which models pre-optimization changes the engine and on which it does not."""
+    same, changed = [], []
+    for label, res in results.items():
+        base = engine_triple(res.get(ORIGINAL, {}))
+        others = [v for t in tools if (v := engine_triple(res.get(t, {}))) is not None]
+        if base is None or not others:
+            continue
+        (same if all(_same_engine(v, base) for v in others) else changed).append(label)
+    out = []
+    if same:
+        out.append(f"- **The engine does not change** (every tool's engine has the original's layers, kernels and "
+                   f"activation memory) on: {', '.join(same)}.")
+    if changed:
+        out.append(f"- **Pre-optimization changes the engine** on: {', '.join(changed)} (the last column says how).")
+    return out
 
 
 def plot(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], out: Path, timeout: float) -> None:
@@ -425,30 +572,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per tool per model")
     parser.add_argument("--model-dir", type=Path, default=models.DEFAULT_OUT)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where compare.md and the plots go")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: write the report from these compare.json files (a later file's "
+                             "results win), e.g. the peers and optgraph run separately")
     parser.add_argument("--reuse", type=Path, metavar="JSON",
-                        help="an earlier compare.json: its results fill in the tools not run now "
+                        help="an earlier compare.json: its results fill in the tools and models not run now "
                              "(rerun optgraph after a change without waiting for the peers again)")
     args = parser.parse_args(argv)
 
+    if args.merge:
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for path in args.merge:
+            for label, res in json.loads(path.read_text()).items():
+                results.setdefault(label, {}).update(res)
+        tools = [t for t in TOOLS if any(t in res for res in results.values())]
+        write_report(results, tools, args.out, args.timeout)
+        return 0
     selected = select_models(args.models, args.quick, args.model_dir)
     if not selected:
         print("no models to run", file=sys.stderr)
         return 2
     budget = QUICK_LATENCY_BUDGET_S if args.quick else LATENCY_BUDGET_S
-    results = run(selected, args.tools, args.timeout, budget, lambda s: print(s, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run(selected, args.tools, args.timeout, budget, lambda s: print(s, flush=True),
+                  partial=args.out / "compare.partial.json")
     tools = args.tools
     if args.reuse:
         earlier = json.loads(args.reuse.read_text())
-        for label, res in results.items():
-            for tool, r in earlier.get(label, {}).items():
+        for label, old in earlier.items():
+            res = results.setdefault(label, {})
+            for tool, r in old.items():
                 res.setdefault(tool, r)
         tools = [t for t in TOOLS if any(t in res for res in results.values())]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.md").write_text(render(results, tools, args.timeout))
-    (args.out / "compare.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    plot(results, tools, args.out, args.timeout)
-    print(f"wrote {args.out / 'compare.md'}")
+    write_report(results, tools, args.out, args.timeout)
+    (args.out / "compare.partial.json").unlink(missing_ok=True)
     return 0
+
+
+def write_report(results: dict[str, dict[str, dict[str, Any]]], tools: list[str], out: Path, timeout: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(render(results, tools, timeout))
+    (out / "compare.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    plot(results, tools, out, timeout)
+    print(f"wrote {out / 'compare.md'}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
     python benchmarks/models.py [--out benchmarks/models] [--only NAME...] [--exporters legacy dynamo]
 
-Nothing is downloaded: the CNNs are small torch.nn definitions written here (torchvision is not a
-dependency), the transformers come from transformers' config classes with random init. Every
+Nothing is downloaded: some CNNs are small torch.nn definitions written here, the others come from
+torchvision (``weights=None``), timm (``pretrained=False``) and ultralytics (a YOLO built from its
+bundled yaml config); the transformers come from transformers' config classes with random init. Every
 architecture is exported twice, with PyTorch's legacy TorchScript exporter (dynamo=False, opset 17)
 and with the torch.export-based one (dynamo=True, opset 18), because the two produce very
-different graphs and a deployment engineer meets both. Eval mode, batch 1, fp32, static shapes.
+different graphs and a deployment engineer meets both. On request (``--exporters unfolded``) a
+third form: the legacy exporter with ``do_constant_folding=False``, which keeps every
+BatchNormalization as a node (as a training-mode or QAT export does); TensorRT fuses some of those
+BNs better than it fuses the folded convs (docs/passes/fuse-conv-bn.md). Eval mode, batch 1, fp32, static shapes.
 An exporter that fails is recorded in the manifest, not hidden.
 
 Files are named ``<model>.<exporter>.onnx`` (synthetic: ``synthetic-<n>.onnx``); the manifest
@@ -34,7 +38,8 @@ from typing import Any
 import onnx
 
 DEFAULT_OUT = Path(__file__).parent / "models"
-EXPORTERS = {"legacy": 17, "dynamo": 18}  # exporter -> opset
+EXPORTERS = {"legacy": 17, "dynamo": 18, "unfolded": 17}  # exporter -> opset
+DEFAULT_EXPORTERS = ("legacy", "dynamo")
 SYNTHETIC_SIZES = (1_600, 16_000, 64_000)
 MAX_IR_VERSION = 10  # onnxruntime 1.31 refuses newer IR versions; the exporters may write newer ones
 SEQ_LEN = 128
@@ -211,11 +216,60 @@ def _transformers_zoo() -> dict[str, Callable[[], Any]]:
             "gpt2": gpt2}
 
 
+def _torchvision_zoo() -> dict[str, Callable[[], Any]]:
+    import torchvision
+
+    def tv(name: str, **kw: Any) -> Callable[[], Any]:
+        return lambda: getattr(torchvision.models, name)(weights=None, **kw)
+
+    plain = ("resnet50", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0")
+    return {**{f"tv_{n}": tv(n) for n in plain},
+            "tv_googlenet": tv("googlenet", aux_logits=False, init_weights=True),
+            "tv_inception_v3": tv("inception_v3", aux_logits=False, init_weights=True)}
+
+
+TIMM_MODELS = ("convnext_atto", "ghostnet_100", "cspdarknet53", "deit_tiny_patch16_224", "resnet26d", "repvgg_a0")
+
+
+def _timm_zoo() -> dict[str, Callable[[], Any]]:
+    import timm
+
+    return {f"timm_{n}": (lambda n=n: timm.create_model(n, pretrained=False)) for n in TIMM_MODELS}
+
+
+def _ultralytics_zoo() -> dict[str, Callable[[], Any]]:
+    import torch
+    from torch import nn
+
+    class FirstOutput(nn.Module):
+        """The detection head's decoded boxes (eval mode returns them with the raw feature maps)."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.model(x)
+            return y[0] if isinstance(y, (tuple, list)) else y
+
+    def yolo11n() -> nn.Module:
+        from ultralytics import YOLO
+
+        return FirstOutput(YOLO("yolo11n.yaml").model)  # the bundled config: nothing is downloaded
+
+    return {"yolo11n": yolo11n}
+
+
+ZOOS: dict[str, Callable[[], dict[str, Callable[[], Any]]]] = {
+    "cnn": _cnn_zoo, "transformers": _transformers_zoo, "torchvision": _torchvision_zoo, "timm": _timm_zoo,
+    "ultralytics": _ultralytics_zoo}
+
+
 @dataclass(frozen=True)
 class Arch:
     """An architecture to export: where its module comes from and what it is fed."""
 
-    zoo: str  # "cnn" or "transformers"
+    zoo: str  # a key of ZOOS
     inputs: tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, "float" | "int")
 
 
@@ -232,6 +286,11 @@ ARCHS: dict[str, Arch] = {
     # detection), which the legacy exporter cannot export.
     "gpt2": Arch("transformers", _TEXT),
     "vit": Arch("transformers", _IMAGE),
+    **{f"tv_{n}": Arch("torchvision", _IMAGE)
+       for n in ("resnet50", "googlenet", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0")},
+    "tv_inception_v3": Arch("torchvision", (("pixel_values", (1, 3, 299, 299), "float"),)),
+    **{f"timm_{n}": Arch("timm", _IMAGE) for n in TIMM_MODELS},
+    "yolo11n": Arch("ultralytics", (("pixel_values", (1, 3, 640, 640), "float"),)),
 }
 
 
@@ -267,8 +326,10 @@ def _module(name: str) -> Any:
     import torch
 
     torch.manual_seed(0)  # random weights, but the same ones on every run
-    zoo = _cnn_zoo() if ARCHS[name].zoo == "cnn" else _transformers_zoo()
-    return zoo[name]().eval()
+    module = ZOOS[ARCHS[name].zoo]()[name]().eval()
+    for p in module.parameters():  # ultralytics builds its models with gradients on
+        p.requires_grad_(False)
+    return module
 
 
 def _one_line(e: BaseException) -> str:
@@ -300,9 +361,10 @@ def export(name: str, exporter: str, out: Path) -> Entry:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            if exporter == "legacy":
+            if exporter in ("legacy", "unfolded"):
                 torch.onnx.export(module, args, path, dynamo=False, opset_version=EXPORTERS[exporter],
-                                  input_names=names, output_names=["output"])
+                                  input_names=names, output_names=["output"],
+                                  do_constant_folding=exporter == "legacy")
             else:
                 torch.onnx.export(module, args, path, dynamo=True, opset_version=EXPORTERS[exporter],
                                   input_names=names, output_names=["output"], external_data=False)
@@ -380,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the .onnx files")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=all_names(), help="export only these")
-    parser.add_argument("--exporters", nargs="+", choices=list(EXPORTERS), default=list(EXPORTERS))
+    parser.add_argument("--exporters", nargs="+", choices=list(EXPORTERS), default=list(DEFAULT_EXPORTERS))
     args = parser.parse_args(argv)
     entries = build(args.only or all_names(), args.exporters, args.out)
     failed = [e for e in entries if e.error]

@@ -1,20 +1,22 @@
 """The built-in passes and groups. Importing a pass module registers its passes."""
 
 from optgraph.passes import shapes  # noqa: F401
-from optgraph.passes.cleanup import cse, dce, fold, layout, noops, tensorrt_ready  # noqa: F401
-from optgraph.passes.fuse import concat, fuse_conv_act, fuse_conv_bn, fuse_horizontal, fuse_pad  # noqa: F401
+from optgraph.passes.cleanup import cse, dce, fold, layout, merge_slices, noops, tensorrt_ready  # noqa: F401
+from optgraph.passes.fuse import concat, fuse_branch_pairs, fuse_conv_act, fuse_conv_bn, fuse_conv_sum  # noqa: F401
+from optgraph.passes.fuse import fuse_horizontal, fuse_pad, fuse_scale  # noqa: F401
 from optgraph.passes.memory import plan  # noqa: F401  (the plan-memory analysis; in no group)
-from optgraph.passes.cleanup import merge_slices  # noqa: F401
-from optgraph.passes.fuse import fuse_scale  # noqa: F401
 from optgraph.passes.precision import fp16  # noqa: F401  (fp16, bf16; in no group)
 from optgraph.passes.precision import quantize  # noqa: F401  (quantize-int8: needs calibration; in no group)
 from optgraph.passes.registry import register_group
 
 register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-ops and unused constants")
 # Zero pads into convs and BN folding first (they leave plain convs for the others), scalar Muls
-# into the layer they feed next (GELU's 0.5), horizontal fusion after them (it can leave
-# single-input Concats behind), the conv+activation units last (they hide the Conv from the others).
-FUSE = ["fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-horizontal", "eliminate-concat", "fuse-conv-act"]
+# into the layer they feed next (GELU's 0.5), summed parallel convs (RepVGG) next, branch pairs
+# before horizontal fusion (which would take their first convs into a Split), horizontal fusion
+# after them (it can leave single-input Concats behind), the conv+activation units last (they
+# hide the Conv from the others).
+FUSE = ["fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-conv-sum", "fuse-branch-pairs", "fuse-horizontal",
+        "eliminate-concat", "fuse-conv-act"]
 register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches, concats")
 # The order and why: docs/pipeline.md. Shapes first (the others read them), folding before the
 # no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and

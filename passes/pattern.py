@@ -176,6 +176,11 @@ class Match:
         return ir.constant_array(self.optional(name))
 
 
+def single_consumer(v: ir.Value) -> ir.Node | None:
+    """The one node that uses ``v`` (once), when ``v`` is not also a graph output."""
+    return v.uses[0][0] if v.num_uses == 1 and not v.is_graph_output else None
+
+
 def describe(node: ir.Node) -> str:
     return f"{node.op_type} '{node.name}'" if node.name else node.op_type
 

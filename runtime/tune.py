@@ -44,7 +44,8 @@ from optgraph.ir.opset import is_onnx
 METRICS = ("layers", "kernels", "memory")
 ORDERS = ("cleanup-first", "fuse-first", "concat-first")
 CLEANUP = ("fold-constants", "remove-noops", "cse", "simplify-layout", "merge-slices", "tensorrt-ready")
-FUSIONS = ("fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-horizontal", "eliminate-concat")
+FUSIONS = ("fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-conv-sum", "fuse-branch-pairs", "fuse-horizontal",
+           "eliminate-concat")
 EXPLORE, BUILD, KEEP = 4, 2, 6  # candidates optimized and built per round; the best-ranked kept for later
 STALE_ROUNDS = 8  # rounds in a row without a new graph end the search
 
@@ -78,7 +79,8 @@ class Choices:
                "fold-constants": not self.fold, "remove-noops": not self.noops}
         fusions = list(FUSIONS)
         if self.order == "concat-first":
-            fusions = ["fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "eliminate-concat", "fuse-horizontal"]
+            fusions = ["fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-conv-sum", "fuse-branch-pairs",
+                       "eliminate-concat", "fuse-horizontal"]
         cleanup = list(CLEANUP)
         loop = ["infer-shapes", *(fusions + cleanup if self.order == "fuse-first" else cleanup + fusions)]
         loop = [p for p in loop if not off.get(p, False)]

@@ -15,7 +15,8 @@ from optgraph.passes.fuse import fuse_conv_bn
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.mutants import assert_idempotent, assert_mutant_caught
-from optgraph.passes.testing.strategies import DrawFn, GraphBuilder, batchnorm, conv, gemm, matmul, param
+from optgraph.passes.testing.strategies import (DrawFn, GraphBuilder, activation, batchnorm, conv, gemm, matmul,
+                                                 param)
 
 NEWEST = onnx.defs.onnx_opset_version()
 ORT_NEWEST = 26  # the newest opset onnxruntime 1.31 runs
@@ -172,7 +173,44 @@ REFUSED = {
           c = Conv(x, w)
           y = BatchNormalization(c, s, bb, mu, var)
         }""",
+    # Before a global average pooling TensorRT fuses BN, activation, residual Add and pooling into one
+    # kernel; a folded BN costs a transposition and a pooling kernel (docs/passes/fuse-conv-bn.md).
+    "feeds_squeeze_excite_pooling": f"""
+        g (float[1,2,4,4] x) => (float[1,2,4,4] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS}> {{
+          c = Conv(x, w)
+          n = {BN}(c, s, bb, mu, var)
+          r = HardSwish(n)
+          p = GlobalAveragePool(r)
+          g = Sigmoid(p)
+          y = Mul(r, g)
+        }}""",
+    "feeds_head_pooling_through_residual_add": f"""
+        g (float[1,2,4,4] x) => (float[1,2,1,1] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS}> {{
+          c = Conv(x, w)
+          n = {BN}(c, s, bb, mu, var)
+          a = Add(n, x)
+          r = Relu(a)
+          y = GlobalAveragePool(r)
+        }}""",
 }
+
+
+def test_bn_before_a_pooling_that_is_not_global_still_folds() -> None:
+    report = assert_rewrites_to("fuse-conv-bn", header() + f"""
+        g (float[1,2,4,4] x) => (float[1,2,1,1] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS}> {{
+          c = Conv(x, w)
+          n = {BN}(c, s, bb, mu, var)
+          r = Relu(n)
+          m = MaxPool<kernel_shape=[2,2], strides=[2,2]>(r)
+          y = GlobalAveragePool(m)
+        }}""", header() + """
+        g (float[1,2,4,4] x) => (float[1,2,1,1] y) <float[2,2,1,1] w2 = {2.0, 4.0, 9.0, 12.0}, float[2] b2 = {-1.5, 0.0}> {
+          c = Conv(x, w2, b2)
+          r = Relu(c)
+          m = MaxPool<kernel_shape=[2,2], strides=[2,2]>(r)
+          y = GlobalAveragePool(m)
+        }""")
+    assert report.totals() == {"bn-into-conv": 1}
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
@@ -268,7 +306,20 @@ def conv_channel_affine(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     return b.op(kind, [y, k] if draw(st.booleans()) else [k, y])
 
 
-EXTRA = {"conv_transpose_bn": conv_transpose_bn, "gemm_bn": gemm_bn, "matmul_add_bn": matmul_add_bn,
+def squeeze_excite(draw: DrawFn, b: GraphBuilder, v: str) -> str:
+    """An SE block (MobileNetV3, EfficientNet): y = conv-bn-act(v); y * gate(GlobalAveragePool(y)),
+    the gate a 1x1 conv, activation, 1x1 conv, sigmoid or hard-sigmoid: its BN stays unfolded."""
+    y = MOTIFS["conv_bn_act"](draw, b, v)
+    b.require(b.rank(y) == 4 and isinstance(b.shape(y)[1], int))
+    c = int(b.shape(y)[1])
+    s = b.op("GlobalAveragePool", [y])
+    one = {"kernel": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "group": 1}
+    s = activation(draw, b, conv(draw, b, s, out_channels=max(1, c // 2), **one))
+    gate = b.op(draw(st.sampled_from(("Sigmoid", "HardSigmoid"))), [conv(draw, b, s, out_channels=c, **one)])
+    return b.op("Mul", [y, gate] if draw(st.booleans()) else [gate, y])
+
+
+EXTRA = {"squeeze_excite": squeeze_excite, "conv_transpose_bn": conv_transpose_bn, "gemm_bn": gemm_bn, "matmul_add_bn": matmul_add_bn,
          "conv_channel_affine": conv_channel_affine}
 STRATEGY = models(motifs={**{k: MOTIFS[k] for k in ("conv_bn_act", "constant_params", "shared_weights",
                                                        "graph_output_inside", "residual")}, **EXTRA},

@@ -31,13 +31,8 @@ import numpy as np
 from optgraph import ir
 from optgraph.ir.opset import ACTIVATIONS, activation_key, is_onnx
 from optgraph.passes.base import WEIGHTS_VISIBLE
-from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, describe
+from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, describe, single_consumer
 from optgraph.passes.registry import register
-
-
-def single_consumer(v: ir.Value) -> ir.Node | None:
-    """The one node that uses ``v`` (once), when ``v`` is not also a graph output."""
-    return v.uses[0][0] if v.num_uses == 1 and not v.is_graph_output else None
 
 
 def split(rw: Rewriter, value: ir.Value, sizes: Sequence[int], axis: int) -> tuple[ir.Value, ...]:
