@@ -12,12 +12,14 @@ The accounting maps every ONNX node of the model to the engine layers whose meta
 computation TensorRT evaluates at build time), eliminated (a reshape or no-op TensorRT removes,
 or an elementwise op with a constant operand whose readers all sit in layers: TensorRT merges
 such a scale or shift into the layer that reads it without naming it, as attention's q and k
-scaling into the GEMM) or unaccounted.
+scaling into the GEMM; or a duplicate of a named node, which TensorRT computes once) or
+unaccounted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from collections import Counter
@@ -257,6 +259,8 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
     for node in model.graph.node:
         for i in node.input:
             readers.setdefault(i, []).append(node.name)
+    keys = _value_numbers(model)
+    computed_once = {keys[k] for k, node in enumerate(model.graph.node) if node.name in named}
     acc = Accounting()
     for k, node in enumerate(model.graph.node):
         label = node.name or f"{node.op_type}#{k}"
@@ -268,13 +272,44 @@ def account(report: EngineReport, model: onnx.ModelProto) -> Accounting:
             acc.in_layers += 1
         elif outputs_static:
             acc.folded.append(label)
-        elif node.domain in ("", "ai.onnx") and (node.op_type in _ELIMINABLE or (
+        elif keys[k] in computed_once or (node.domain in ("", "ai.onnx") and (node.op_type in _ELIMINABLE or (
                 node.op_type in _MERGEABLE and any(i in static for i in node.input)
-                and all(r in named for o in node.output for r in readers.get(o, [None])))):
+                and all(r in named for o in node.output for r in readers.get(o, [None]))))):
             acc.eliminated.append(label)
         else:
             acc.unaccounted.append(label)
     return acc
+
+
+def _value_numbers(model: onnx.ModelProto) -> list[str]:
+    """One digest per main-graph node of what it computes (op, attributes, and what its inputs
+    compute; constants by value): equal digests are duplicates, which TensorRT computes once and
+    names after one of them."""
+    value = {t.name: _constant(t) for t in model.graph.initializer}  # constants by value, not by name
+    keys = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            key = _constant(node.attribute[0].t)
+        else:
+            attrs = sorted((a.name, a.SerializeToString(deterministic=True)) for a in node.attribute)
+            key = _digest(node.domain.encode(), node.op_type.encode(), *(b for name, data in attrs for b in (name.encode(), data)),
+                          *(value.get(i, i).encode() for i in node.input))
+        keys.append(key)
+        for j, o in enumerate(node.output):
+            value[o] = f"{key}:{j}" if node.op_type != "Constant" else key
+    return keys
+
+
+def _constant(t: onnx.TensorProto) -> str:
+    return _digest(b"const", str((t.data_type, tuple(t.dims))).encode(), onnx.numpy_helper.to_array(t).tobytes())
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
 
 
 def flags(report: EngineReport, model: onnx.ModelProto) -> list[str]:

@@ -99,6 +99,24 @@ def test_a_constant_scale_merged_into_the_layer_reading_it_is_accounted() -> Non
     assert account(parse_build_log(unnamed), model).unaccounted == ["scale", "mm"]
 
 
+def test_a_duplicate_computed_once_is_accounted() -> None:
+    """GPT-2's per-layer attention masks: TensorRT computes two equal Wheres once and names one.
+    Constants compare by value, so a copy under another name is still the same computation."""
+    model = parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool[4] c, float[4] x) => (float[4] y) {
+        [one] a = Constant <value = float[1] {1.0}> ()  [other] b = Constant <value = float[1] {1.0}> ()
+        [w0] m0 = Where(c, x, a)  [w1] m1 = Where(c, x, b)  [add] y = Add(m0, m1)
+    }
+    """)
+    named = [LOG[0], LOG[1].replace("[ONNX Layer: conv | fused (ConvRelu_1)][ONNX Layer: relu | fused (ConvRelu_1)]"
+                                    "[ONNX Layer: add]", "[ONNX Layer: w1][ONNX Layer: add]")]
+    acc = account(parse_build_log(named), model)
+    assert (acc.in_layers, acc.eliminated, acc.unaccounted) == (2, ["w0"], [])
+    model.graph.node[1].attribute[0].t.float_data[0] = 2.0  # b = 2: no longer the same Where
+    assert account(parse_build_log(named), model).unaccounted == ["w0"]
+
+
 def test_json_round_trip():
     r = parse_build_log(LOG)
     r.accounting = account(r, MODEL)
