@@ -31,12 +31,17 @@ def _bn(producer: object) -> object:
                                  attrs={"training_mode": 0})
 
 
-def bn_affine(m: Match) -> tuple[np.ndarray, np.ndarray]:
-    """The BN node's per-channel (scale, shift) in float64."""
-    eps = float(m.node("bn").attr("epsilon", 1e-5))
-    scale, bias, mean, var = (m.array(k).astype(np.float64) for k in ("scale", "bias", "mean", "var"))
-    s = scale / np.sqrt(var + eps)
+def affine(bn: ir.Node, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+           var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An inference BN's per-channel (scale, shift) in float64, from its parameter arrays."""
+    scale, bias, mean, var = (p.astype(np.float64) for p in (scale, bias, mean, var))
+    s = scale / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
     return s, bias - mean * s
+
+
+def bn_affine(m: Match) -> tuple[np.ndarray, np.ndarray]:
+    """The matched BN node's per-channel (scale, shift) in float64."""
+    return affine(m.node("bn"), *(m.array(k) for k in ("scale", "bias", "mean", "var")))
 
 
 def check_bn(m: Match, channels: int | None) -> MatchResult:

@@ -24,6 +24,7 @@ import numpy as np
 from optgraph import ir
 from optgraph.ir.opset import is_onnx
 from optgraph.passes.base import WEIGHTS_VISIBLE
+from optgraph.passes.fuse.fuse_conv_bn import affine
 from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, single_consumer
 from optgraph.passes.registry import register
 
@@ -63,9 +64,7 @@ def _identity(v: ir.Value, x: ir.Value) -> tuple[np.ndarray, np.ndarray, ir.Node
     params = [ir.constant_array(p) for p in bn.inputs[1:5]]
     if any(p is None or p.ndim != 1 for p in params):
         return None
-    scale, bias, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
-    s = scale / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
-    return s, bias - mean * s, bn
+    return (*affine(bn, *params), bn)  # type: ignore[arg-type]
 
 
 class ConvPlusConv(Rule):
