@@ -540,8 +540,8 @@ def scale_summary(results: dict[str, dict[str, dict[str, Any]]], tools: list[str
     for tool in tools:
         cells = []
         for m in synth:
-            r = results[m].get(tool, {})
-            cells.append(f"{r['seconds']:.2f}" if "seconds" in r else
+            r = results[m].get(tool)
+            cells.append("not run" if r is None else f"{r['seconds']:.2f}" if "seconds" in r else
                          ("timeout" if r.get("error") == common.TIMEOUT else "failed"))
         big, mid = (results.get(m, {}).get(tool, {}) for m in ("synthetic-64000", "synthetic-16000"))
         growth = f"{big['seconds'] / mid['seconds']:.1f}" if "seconds" in big and "seconds" in mid else ""
