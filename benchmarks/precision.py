@@ -39,8 +39,9 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
+import models  # noqa: E402
 
-RESNET50 = Path("/work/models/tv_resnet50.onnx")
+RESNET50 = models.DEFAULT_OUT / "tv_resnet50.legacy.onnx"  # torchvision ResNet-50, exported when missing
 PACKAGES = ("onnx", "onnxruntime", "tensorrt-rtx", "nvidia-modelopt", "onnxconverter-common", "numpy")
 
 
@@ -214,6 +215,8 @@ def _count(model: onnx.ModelProto, op: str) -> int:
 
 # --- calibration cost (children) --------------------------------------------------------------
 def _resnet50_dynamic(path: str) -> None:
+    if not RESNET50.exists():
+        models.build(["tv_resnet50"], ["legacy"], models.DEFAULT_OUT)
     m = onnx.load(str(RESNET50))
     for v in (m.graph.input[0], m.graph.output[0]):
         v.type.tensor_type.shape.dim[0].dim_param = "N"
