@@ -67,10 +67,8 @@ def _identity(v: ir.Value, x: ir.Value) -> tuple[np.ndarray, np.ndarray, ir.Node
     return (*affine(bn, *params), bn)  # type: ignore[arg-type]
 
 
-class ConvPlusConv(Rule):
-    name = "conv-plus-conv"
-    labels = ("conv",)
-    benefit = 2
+class _SumRule(Rule):
+    """A rule rooted at a two-input ONNX Add; ``match_sum`` looks at its operands."""
 
     @property
     def root_ops(self) -> tuple[str, ...]:
@@ -79,6 +77,18 @@ class ConvPlusConv(Rule):
     def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
         if not is_onnx(node) or len(node.inputs) != 2:
             return MatchResult.fail("not a two-input ONNX Add")
+        return self.match_sum(node)
+
+    def match_sum(self, node: ir.Node) -> Match | MatchResult:
+        raise NotImplementedError
+
+
+class ConvPlusConv(_SumRule):
+    name = "conv-plus-conv"
+    labels = ("conv",)
+    benefit = 2
+
+    def match_sum(self, node: ir.Node) -> Match | MatchResult:
         a, b = _conv(node.inputs[0]), _conv(node.inputs[1])
         if a is None or b is None or a[0] is b[0] or a[0].inputs[0] is not b[0].inputs[0]:
             return MatchResult.fail("the Add's operands are not two convs of one input, each read once")
@@ -106,18 +116,12 @@ class ConvPlusConv(Rule):
                             rw.const(bias.astype(wb.dtype), "sum_bias")])
 
 
-class ConvPlusIdentity(Rule):
+class ConvPlusIdentity(_SumRule):
     name = "conv-plus-identity"
     labels = ("conv", "identity")
     benefit = 1
 
-    @property
-    def root_ops(self) -> tuple[str, ...]:
-        return ("Add",)
-
-    def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
-        if not is_onnx(node) or len(node.inputs) != 2:
-            return MatchResult.fail("not a two-input ONNX Add")
+    def match_sum(self, node: ir.Node) -> Match | MatchResult:
         for k in (0, 1):
             c = _conv(node.inputs[k])
             other = node.inputs[1 - k]
