@@ -77,6 +77,7 @@ def build_one(path: str, args: argparse.Namespace, folder: str, *, passes: str |
         with progress.status(f"building {os.path.basename(path)} with {tensorrt.flavor()}"):
             result = tensorrt.build(source, shapes=shapes, dims=dims, profiles=profiles(args.min, args.opt, args.max),
                                     optimization_level=args.opt_level, timing_cache=args.timing_cache,
+                                    aux_streams=args.aux_streams,
                                     workspace_bytes=None if args.workspace is None else args.workspace << 20,
                                     strict_shapes=True, keep_log=False, keep_engine=keep_engine)
     except tensorrt.ShapeError as e:
@@ -95,8 +96,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from optgraph.ir.serde import write_atomic
     from optgraph.runtime import engine
 
-    if args.compare is None and not args.output:
-        raise BuildError("build needs -o ENGINE (or --compare B.onnx)")
+    if args.compare is None and not args.output and not args.report:
+        raise BuildError("build needs -o ENGINE, --report FILE or --compare B.onnx")
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(folder):
@@ -114,7 +115,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(format_comparison(args.model, args.compare, diff))
             return EXIT_OK
-        result = build_one(args.model, args, tmp, passes=args.passes or "default", keep_engine=True)
+        result = build_one(args.model, args, tmp, passes=args.passes or "default", keep_engine=bool(args.output))
     report = result.report
     status = EXIT_OK
     if args.check and report.accounting is not None and report.accounting.unaccounted:
@@ -122,12 +123,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"optgraph: mismatch: {len(un)} ONNX nodes map to no engine layer (e.g. '{un[0]}'); "
               "engine not written", file=sys.stderr)
         return EXIT_MISMATCH
-    write_atomic(args.output, result.engine)
+    if args.output:
+        write_atomic(args.output, result.engine)
     if args.report:
-        data = {"input": args.model, "engine": args.output, "pipeline": args.passes or "default", **report.to_json()}
+        data = {"input": args.model, "engine": args.output, "pipeline": args.passes or "default",
+                "aux_streams": args.aux_streams, **report.to_json()}
         write_atomic(args.report, (json.dumps(data, indent=2) + "\n").encode())
     if not args.quiet:
-        print(f"{args.model} -> {args.output} ({len(result.engine) / 2**20:.1f} MiB, "
+        size = f"{result.engine_bytes / 2**20:.1f} MiB"
+        print(f"{args.model} -> {args.output or '(engine not kept)'} ({size}, "
               f"built in {result.seconds:.1f} s, {report.flavor})")
         print(report.summary())
     return status
@@ -171,6 +175,9 @@ def add_command(sub: Any) -> None:
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a symbolic dimension")
     p.add_argument("--timing-cache", metavar="FILE", help="load (if present) and save TensorRT's timing cache")
     p.add_argument("--opt-level", type=int, choices=range(0, 6), metavar="0-5", help="builder optimization level")
+    p.add_argument("--aux-streams", type=int, choices=range(0, 64), metavar="N",
+                   help="most auxiliary streams for parallel branches (default: TensorRT's choice); 0 runs one "
+                        "stream, the least activation memory")
     p.add_argument("--workspace", type=int, metavar="MiB", help="workspace memory pool limit")
     p.add_argument("--report", metavar="FILE", help="write the engine report as JSON")
     p.add_argument("--compare", metavar="B.onnx", help="build this model too and compare the two engines")

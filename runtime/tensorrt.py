@@ -183,8 +183,9 @@ def _timing_cache_key() -> bytes:
 def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = None,
           dims: Mapping[str, int] | None = None, profiles: Sequence[Profile] = (),
           optimization_level: int | None = None, workspace_bytes: int | None = None,
-          timing_cache: str | os.PathLike[str] | None = None, strongly_typed: bool = True,
-          strict_shapes: bool = False, keep_log: bool = True, keep_engine: bool = False) -> BuildResult:
+          aux_streams: int | None = None, timing_cache: str | os.PathLike[str] | None = None,
+          strongly_typed: bool = True, strict_shapes: bool = False, keep_log: bool = True,
+          keep_engine: bool = False) -> BuildResult:
     """Build an engine ahead of time: its layer count, memory totals and DETAILED engine report.
 
     Dynamic inputs get one optimization profile per entry of ``profiles`` (input name -> min, opt,
@@ -193,6 +194,8 @@ def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = No
     The network is strongly typed (the graph's Casts and Q/DQ decide each layer's precision).
     ``timing_cache`` is loaded when it exists and matches this TensorRT, and saved after the
     build; a cache from another TensorRT is a warning in ``warnings`` and is rebuilt.
+    ``aux_streams`` caps the auxiliary streams TensorRT may run parallel branches on (None: its own
+    heuristic); 0 runs every layer on one stream, which lets activations share memory.
     """
     from optgraph.runtime import engine as engine_report
 
@@ -205,6 +208,8 @@ def build(model: ModelSource, *, shapes: Mapping[str, Sequence[int]] | None = No
     config.profiling_verbosity = s.trt.ProfilingVerbosity.DETAILED
     if optimization_level is not None:
         config.builder_optimization_level = optimization_level
+    if aux_streams is not None:
+        config.max_aux_streams = aux_streams
     if workspace_bytes is not None:
         config.set_memory_pool_limit(s.trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     warnings: list[str] = []

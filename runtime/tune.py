@@ -2,9 +2,11 @@
 
 A candidate is a set of choices (``Choices``): which fusion and cleanup passes run, horizontal
 fusion with or without a Split (and its minimum branch count), the conv+activation units after
-the fixed point, inside it or not at all, and the order of the passes inside the fixed point.
-Each candidate is optimized, written, and hashed (SHA-256 of the written model): choices that
-give the same graph share one engine build. A cheap cost model ranks the candidates not built yet
+the fixed point, inside it or not at all, the order of the passes inside the fixed point, and
+one builder setting: how many auxiliary streams TensorRT may run parallel branches on (parallel
+branches cannot share activation memory; one stream lets them). Each candidate is optimized,
+written, and hashed (SHA-256 of the written model): choices that give the same graph and builder
+setting share one engine build. A cheap cost model ranks the candidates not built yet
 from the optimized graph alone (engine layers and standalone kernels estimated from fusable
 chains; the arena of optgraph's memory planner times the parallel branches TensorRT runs on
 streams of their own), and only the best-ranked are built; its Spearman correlation with the
@@ -70,6 +72,7 @@ class Choices:
     fold: bool = True  # fold-constants
     noops: bool = True  # remove-noops
     order: str = "cleanup-first"  # of the passes inside the fixed point (ORDERS)
+    aux_streams: int | None = None  # a builder setting, not a pass: None leaves it to TensorRT
 
     def pipeline(self) -> tuple[str, str]:
         """(the passes repeated to a fixed point, the passes run once after it)."""
@@ -111,10 +114,13 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "horizontal": ("off", "concat", "split"), "min_branches": (2, 3, 4), "conv_act": ("off", "after", "inside"),
     "layout": (True, False), "tensorrt_ready": (True, False), "conv_bn": (True, False), "pad_conv": (True, False),
     "concat": (True, False), "cse": (True, False), "fold": (True, False), "noops": (True, False), "order": ORDERS,
+    "aux_streams": (None, 0, 1),
 }
 
 
 def _text(v: Any) -> str:
+    if v is None:
+        return "auto"
     return ("on" if v else "off") if isinstance(v, bool) else str(v)
 
 
@@ -313,10 +319,20 @@ class Candidate:
     error: str = ""
     path: str = field(default="", repr=False)
 
+    @property
+    def aux_streams(self) -> int | None:
+        return None if self.choices is None else self.choices.aux_streams
+
     def spec(self) -> dict[str, Any]:
-        """The pipeline as ``optgraph tune --replay`` reads it."""
+        """The pipeline as ``optgraph tune --replay`` reads it, and the builder setting it was measured with."""
         return {"format": "optgraph-tune-spec", "version": 1, "label": self.label, "loop": self.loop,
-                "after": self.after, "choices": None if self.choices is None else dataclasses.asdict(self.choices)}
+                "after": self.after, "choices": None if self.choices is None else dataclasses.asdict(self.choices),
+                "build": {"aux_streams": self.aux_streams}}
+
+    def build_hint(self, path: str) -> str:
+        """The command that builds the engine this candidate was measured as."""
+        aux = "" if self.aux_streams is None else f" --aux-streams {self.aux_streams}"
+        return f"optgraph build {path} -o ENGINE --passes none{aux}"
 
     def row(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "sha256": self.sha256, "nodes": self.nodes,
@@ -332,7 +348,8 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(x, 6)
 
 
-Builder = Callable[[str], dict[str, Any]]  # model file -> {"ok", "layers", "kernels", "memory", "seconds", "error"}
+# (model file, aux streams) -> {"ok", "layers", "kernels", "memory", "seconds", "error"}
+Builder = Callable[[str, int | None], dict[str, Any]]
 
 
 def trt_builder(dims: Mapping[str, int]) -> Builder:
@@ -341,8 +358,8 @@ def trt_builder(dims: Mapping[str, int]) -> Builder:
 
     tensorrt.trt()  # one clear error before any work when TensorRT is missing
 
-    def build(path: str) -> dict[str, Any]:
-        r = tensorrt.build(path, dims=dims, keep_log=False)
+    def build(path: str, aux_streams: int | None) -> dict[str, Any]:
+        r = tensorrt.build(path, dims=dims, aux_streams=aux_streams, keep_log=False)
         if not r.ok or r.report is None:
             return {"ok": False, "seconds": r.seconds, "error": (r.errors or ["build failed"])[0]}
         return {"ok": True, "layers": r.report.num_layers, "kernels": r.report.standalone_kernels,
@@ -387,7 +404,7 @@ class Search:
         self.log = log
         self.folder = tempfile.mkdtemp(prefix="optgraph-tune-")
         self.candidates: list[Candidate] = []
-        self.by_sha: dict[str, Candidate] = {}
+        self.by_sha: dict[tuple[str, int | None], Candidate] = {}
         self.seen: set[Choices | None] = set()
         self.builds = 0
         self.start = time.perf_counter()
@@ -421,6 +438,8 @@ class Search:
         c.sha256 = _sha256(os.path.join(folder, f) for f in sorted(os.listdir(folder)))
         c.optimize_seconds = time.perf_counter() - t0
         c.predicted = estimate(model)
+        if c.aux_streams is not None:
+            c.predicted["streams"] = min(c.predicted["streams"], c.aux_streams + 1)
         arena = predicted_memory(model, self.dims)
         c.predicted["memory"] = None if arena is None else arena * c.predicted["streams"]
         del model
@@ -428,16 +447,17 @@ class Search:
         if choices is None:
             self.base_predicted = dict(c.predicted)
         c.predicted_objective = objective(c.predicted, self.base_predicted, self.weights)
-        same = self.by_sha.get(c.sha256)
+        key = (c.sha256, c.aux_streams)
+        same = self.by_sha.get(key)
         if same is not None:
             c.duplicate_of = same.id
             shutil.rmtree(folder)
         else:
-            self.by_sha[c.sha256] = c
+            self.by_sha[key] = c
         return c
 
     def build(self, c: Candidate) -> None:
-        out = self.builder(c.path)
+        out = self.builder(c.path, c.aux_streams)
         self.builds += 1
         c.built, c.build_index, c.build_seconds, c.error = True, self.builds, out["seconds"], out.get("error", "")
         if out["ok"]:
@@ -567,7 +587,7 @@ def _mib(b: float | None) -> str:
 # reports
 
 
-def markdown(result: Result, model: str) -> str:
+def markdown(result: Result, model: str, output: str) -> str:
     """The candidate table (one row per candidate, duplicates pointing at their twin)."""
     w = ", ".join(f"{k}={v:g}" for k, v in result.weights.items())
     rho = ", ".join(f"{k} {'n/a' if v is None else f'{v:+.2f}'}" for k, v in result.spearman.items())
@@ -577,7 +597,8 @@ def markdown(result: Result, model: str) -> str:
              f"{result.seconds:.0f} s, stopped by {result.stopped}; {len(result.candidates)} candidates, "
              f"{len(result.candidates) - sum(c.duplicate_of is not None for c in result.candidates)} distinct graphs.",
              "", f"Best: #{b.id} `{b.label}`: {_figures(b.measured)} (objective {b.objective:.4f}) against the "
-             f"original's {_figures(o.measured)} (objective {_fmt(o.objective)}).", "",
+             f"original's {_figures(o.measured)} (objective {_fmt(o.objective)}); its engine: "
+             f"`{b.build_hint(os.path.basename(output))}`.", "",
              f"Cost model, Spearman over the built candidates: {rho}.", "",
              "| # | choices | nodes | est. layers | est. kernels | est. MiB (arena x streams) | est. objective "
              "| layers | kernels | activation MiB | objective | build s |",
@@ -693,7 +714,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         ir.save(ir.load(result.best.path), args.output)
         write_atomic(files["spec"], (json.dumps(result.best.spec(), indent=2) + "\n").encode())
         write_atomic(files["json"], (json.dumps(result.to_json(), indent=2) + "\n").encode())
-        write_atomic(files["md"], markdown(result, args.model).encode())
+        write_atomic(files["md"], markdown(result, args.model, args.output).encode())
         if png is not None:
             os.replace(f"{png}.tmp.png", png)
     finally:
@@ -706,7 +727,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"{args.model} -> {args.output}: best #{b.id} `{b.label}` of {len(result.candidates)} candidates "
               f"({result.builds} builds, {result.seconds:.0f} s, stopped by {result.stopped})")
         print(f"  original: {_figures(o.measured)}; objective {_fmt(o.objective)}")
-        print(f"  best:     {_figures(b.measured)}; objective {_fmt(b.objective)}")
+        print(f"  best:     {_figures(b.measured)}; objective {_fmt(b.objective)}; "
+              f"its engine: {b.build_hint(args.output)}")
         print(f"  cost model Spearman (objective): {'n/a' if rho is None else f'{rho:+.2f}'}; "
               f"table {outputs(args.output)['md']}")
         if args.check:
@@ -732,7 +754,9 @@ def _replay(args: argparse.Namespace, dims: dict[str, int]) -> int:
     PassManager(pipeline, ctx=PassContext(dims=dims)).run(model)
     ir.save(model, args.output)
     if not args.quiet:
-        print(f"{args.model} -> {args.output}: replayed `{spec.get('label', '')}`")
+        aux = (spec.get("build") or {}).get("aux_streams")
+        hint = "" if aux is None else f"; build it with --aux-streams {aux}, as tune measured it"
+        print(f"{args.model} -> {args.output}: replayed `{spec.get('label', '')}`{hint}")
     return 0
 
 

@@ -98,7 +98,7 @@ def test_the_cost_model_counts_parallel_branches_as_streams():
 
 def fake_builder(calls: list[str]) -> tune.Builder:
     """Engine figures from the ONNX file: nodes as layers, Splits as kernels, file size as memory."""
-    def build(path: str) -> dict:
+    def build(path: str, aux_streams: int | None) -> dict:
         calls.append(path)
         model = ir.load(path)
         ops = [n.op_type for n in model.graph]
@@ -134,6 +134,27 @@ def test_the_search_is_reproducible_keeps_the_budget_and_builds_each_graph_once(
             twin = first.candidates[c.duplicate_of]
             assert c.sha256 == twin.sha256 and c.duplicate_of < c.id
     assert key(run_search(seed=4)[0]) != key(first)  # the seed matters
+
+
+def test_the_stream_setting_is_searched_as_a_build_of_its_own():
+    """Parallel branches on one stream share memory: the same graph built with --aux-streams 0 is
+    a candidate of its own, and the winner's spec records the setting it was measured with."""
+    def builder(path: str, aux_streams: int | None) -> dict:
+        model = ir.load(path)
+        return {"ok": True, "layers": len(list(model.graph)), "kernels": 0,
+                "memory": 1000 if aux_streams == 0 else 3000, "seconds": 0.0}
+
+    search = tune.Search(EXAMPLE, weights={"memory": 1.0}, builder=builder, builds=12, seed=0)
+    try:
+        result = search.run()
+    finally:
+        search.close()
+    assert result.best.aux_streams == 0 and result.best.objective == pytest.approx(1 / 3)
+    assert result.best.spec()["build"] == {"aux_streams": 0}
+    assert "--aux-streams 0" in result.best.build_hint("m.onnx")
+    built = [c for c in result.candidates if c.built]
+    assert len({(c.sha256, c.aux_streams) for c in built}) == len(built)
+    assert len({c.sha256 for c in built}) < len(built)  # one graph, built once per stream setting
 
 
 def test_replay_runs_the_winning_spec(tmp_path):
@@ -194,11 +215,11 @@ def test_a_time_budget_stops_the_search_and_failed_builds_are_recorded():
     calls: list[str] = []
     good = fake_builder(calls)
 
-    def original_fails(path: str) -> dict:
+    def original_fails(path: str, aux_streams: int | None) -> dict:
         if not calls:
             calls.append(path)
             return {"ok": False, "seconds": 0.0, "error": "In node 0 (parse): unsupported"}
-        return good(path)
+        return good(path, aux_streams)
 
     search = tune.Search(EXAMPLE, weights={"layers": 1.0}, builder=original_fails, builds=50, seconds=1e-3)
     try:
