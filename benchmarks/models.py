@@ -212,8 +212,17 @@ def _transformers_zoo() -> dict[str, Callable[[], Any]]:
         cfg = tf.GPT2Config(n_layer=2, vocab_size=8192, bos_token_id=0, eos_token_id=0, use_cache=False)
         return Logits(tf.GPT2LMHeadModel(cfg), "logits", TEXT_INPUTS)
 
+    def distilbert() -> nn.Module:
+        cfg = tf.DistilBertConfig(n_layers=2, vocab_size=8192)
+        return Logits(tf.DistilBertModel(cfg), "last_hidden_state", TEXT_INPUTS)
+
+    def swin() -> nn.Module:
+        # Swin-T's geometry with one block per stage: every window shift and patch merge, a smaller file.
+        cfg = tf.SwinConfig(image_size=224, depths=[1, 1, 1, 1], num_labels=1000)
+        return Logits(tf.SwinForImageClassification(cfg), "logits")
+
     return {"resnet50": resnet50, "efficientnet_b0": efficientnet_b0, "vit": vit_small, "bert": bert,
-            "gpt2": gpt2}
+            "gpt2": gpt2, "distilbert": distilbert, "swin": swin}
 
 
 def _torchvision_zoo() -> dict[str, Callable[[], Any]]:
@@ -286,6 +295,8 @@ ARCHS: dict[str, Arch] = {
     # detection), which the legacy exporter cannot export.
     "gpt2": Arch("transformers", _TEXT),
     "vit": Arch("transformers", _IMAGE),
+    "distilbert": Arch("transformers", _TEXT),
+    "swin": Arch("transformers", _IMAGE),
     **{f"tv_{n}": Arch("torchvision", _IMAGE)
        for n in ("resnet50", "googlenet", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0")},
     "tv_inception_v3": Arch("torchvision", (("pixel_values", (1, 3, 299, 299), "float"),)),
@@ -329,7 +340,32 @@ def _module(name: str) -> Any:
     module = ZOOS[ARCHS[name].zoo]()[name]().eval()
     for p in module.parameters():  # ultralytics builds its models with gradients on
         p.requires_grad_(False)
+    _untie_constant_init(module)
     return module
+
+
+def _untie_constant_init(module: Any) -> None:
+    """Give every tensor an untrained model fills with one value (biases and norm shifts of 0, norm
+    scales and BN variances of 1, BN means of 0) distinct values, as training would.
+
+    Left constant, they make the export unlike any trained model's: the exporter shares equal
+    tensors through Identity nodes and folds BNs into equal biases, and x+0 / x*1 become no-ops a
+    pass may remove; each of these changes what TensorRT builds (fused kernels, stream
+    assignment), so an engine comparison on them measures the initialisation, not the tool.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    tensors = [p for p in module.parameters()]
+    tensors += [b for n, b in module.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    for t in tensors:
+        if not t.is_floating_point() or t.numel() < 2 or not bool((t == t.flatten()[0]).all()):
+            continue
+        c = float(t.flatten()[0])
+        if c == 0.0:
+            t.copy_(0.05 * torch.randn(t.shape, generator=gen))
+        else:
+            t.copy_(c * (0.5 + torch.rand(t.shape, generator=gen)))
 
 
 def _one_line(e: BaseException) -> str:
