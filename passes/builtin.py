@@ -17,16 +17,19 @@ register_group("dce", ["remove-noops", "remove-dead"], "Remove dead nodes, no-op
 # hide the Conv from the others). Horizontal fusion only where no Split is needed: TensorRT fuses
 # same-input layers itself, and a Split costs a copy kernel per branch (ResNet-50 58 -> 59 engine
 # layers, YOLO11n 127 -> 130); `fuse-horizontal{split=true}` or `optgraph tune` asks for it.
-FUSE = ["fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-conv-sum", "fuse-branch-pairs",
+# Chains of data-movement ops (Reshape/Transpose, Slice of Slice) are fused into one op first:
+# they stand between the layers the other fusions match (GPT-2's Reshape -> Gemm -> Reshape).
+LAYOUT = ["simplify-layout", "merge-slices"]
+FUSE = [*LAYOUT, "fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-conv-sum", "fuse-branch-pairs",
         "fuse-horizontal{split=false}", "eliminate-concat", "fuse-conv-act"]
-register_group("fuse", FUSE, "Fuse layers: conv+bn+activation, parallel branches, concats")
+register_group("fuse", FUSE, "Fuse layers: reshape/slice chains, conv+bn+activation, parallel branches, concats")
 # The order and why: docs/pipeline.md. Shapes first (the others read them), folding before the
 # no-op checks (they need constant operands), CSE after both (they expose duplicates), layout and
 # TensorRT rewrites on the simplified graph, then fusion, dead code last; repeated until an
 # iteration changes nothing. Conv+activation units are made once, after the loop: they hide the
 # Conv from every rewrite that could still apply to it.
-register_group("simplify", ["infer-shapes", "fold-constants", "remove-noops", "cse", "simplify-layout",
-                            "merge-slices", "tensorrt-ready", *[p for p in FUSE if p != "fuse-conv-act"], "remove-dead"],
+register_group("simplify", ["infer-shapes", "fold-constants", "remove-noops", "cse", *LAYOUT, "tensorrt-ready",
+                            *[p for p in FUSE if p not in LAYOUT and p != "fuse-conv-act"], "remove-dead"],
                "Fold, clean up and fuse until nothing changes (default without the conv+activation units)",
                fixed_point=True)
 register_group("default", ["simplify", "fuse-conv-act", "remove-dead"],

@@ -116,8 +116,9 @@ def test_fusions_require_weight_folding_and_dce_requires_full_folding() -> None:
     for name in ("fuse-pad-conv", "fuse-conv-bn", "fuse-input-scale", "fuse-horizontal"):
         (fold,) = prerequisites(registry.get(name))
         assert fold.name == "fold-constants" and not fold.options.shapes
-    (fold,) = prerequisites(registry.get("remove-noops"))
-    assert fold.options.shapes
+    for name in ("remove-noops", "simplify-layout", "merge-slices"):  # shape computations too
+        (fold,) = prerequisites(registry.get(name))
+        assert fold.options.shapes
     # the default pipeline folds before it fuses: nothing runs as a prerequisite there
     report = PassManager(parse_pipeline("default")).run(ir.from_proto(parser.parse_model(MODEL)))
     assert not [r for r in report.passes if r.required_by]
@@ -146,10 +147,11 @@ def test_fuse_folds_a_bn_whose_parameters_are_behind_a_transpose() -> None:
         <float[2, 2, 1, 1] w = {1.99999, 3.99998, 6.928192, 9.237589}, float[2] b = {0.5, -2.809397}> { y = Conv(x, w, b) }
     """)
     assert report.totals()["bn-into-conv"] == 1
-    assert [r.name for r in report.passes if r.required_by == "fuse-pad-conv"] == ["fold-constants"]
+    # simplify-layout, first in `fuse`, asks for the full fold, which covers the fusions' weight folding
+    assert [(r.name, r.required_by) for r in report.passes if r.required_by] == [("fold-constants", "simplify-layout")]
 
 
-def test_fuse_does_not_fold_shape_computations_dce_does() -> None:
+def test_fuse_folds_shape_computations_for_its_layout_fusion_and_leaves_no_ops_to_dce() -> None:
     text = """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[1, 6] x) => (float[1, 6] y) {
@@ -158,8 +160,36 @@ def test_fuse_does_not_fold_shape_computations_dce_does() -> None:
       y = Relu(r)
     }
     """
-    assert_rewrites_to("fuse", text, text)
+    assert_rewrites_to("fuse", text, """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 6] x) => (float[1, 6] y) <int64[2] s = {1, 6}> { r = Reshape(x, s)  y = Relu(r) }
+    """)
     assert_rewrites_to("dce", text, """
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 6] x) => (float[1, 6] y) { y = Relu(x) }
+    """)
+
+
+def test_fuse_collapses_a_reshape_chain_whose_targets_are_shape_computations() -> None:
+    """Swin's window partitions: Reshape targets computed from Shape, static once folded."""
+    assert_rewrites_to("fuse,dce", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) {
+          s = Shape(x)
+          i0 = Constant <value = int64[1] {0}> ()
+          i1 = Constant <value = int64[1] {1}> ()
+          i2 = Constant <value = int64[1] {2}> ()
+          n = Gather(s, i0)
+          c3 = Gather(s, i1)
+          c4 = Gather(s, i2)
+          twelve = Mul(c3, c4)
+          t1 = Concat <axis = 0> (n, twelve)
+          a = Reshape(x, t1)
+          t2 = Constant <value = int64[3] {2, 3, 4}> ()
+          b = Reshape(a, t2)
+          y = Relu(b)
+        }
+    """, """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) { y = Relu(x) }
     """)

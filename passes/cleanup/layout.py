@@ -88,6 +88,9 @@ class SimplifyLayout(Pass):
     name = "simplify-layout"
     description = "Collapse Reshape/Transpose chains and Reshapes around elementwise ops into single ops"
     preserves = frozenset({ShapeInference})
+    # A chain collapses only when its shapes are static: exporters compute Reshape targets from
+    # Shape -> Gather -> Concat (Swin's window partitions), which folding turns into constants.
+    requires = ("fold-constants",)
 
     @dataclass
     class Options:

@@ -73,4 +73,5 @@ class SliceOfSlice(Rule):
 class MergeSlices(RewritePass):
     name = "merge-slices"
     description = "Merge a Slice of a Slice on other axes into one Slice"
+    requires = ("fold-constants",)  # starts and ends are often shape computations until folded
     rules = (SliceOfSlice(),)
