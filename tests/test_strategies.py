@@ -244,7 +244,7 @@ def test_constant_params_use_every_spelling() -> None:
 def test_default_mix_is_rich_in_conv_bn_pairs() -> None:
     seen = Counter()
 
-    @settings(max_examples=50)
+    @settings(max_examples=50, derandomize=True)  # a count over draws: the same draws on every run
     @given(models(inputs=["image"]))
     def count(model: onnx.ModelProto) -> None:
         seen["pairs"] += _conv_bn_pairs(_Index(model))

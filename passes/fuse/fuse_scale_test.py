@@ -17,7 +17,7 @@ ORT_NEWEST = 26
 W = "float[2, 2, 1, 1] w = {1.0, 2.0, 3.0, 4.0}, float[2] b = {0.5, -0.5}"
 
 
-def test_gelu_half_folds_into_the_next_1x1_conv() -> None:
+def test_half_folds_into_the_next_1x1_conv() -> None:
     report = assert_rewrites_to("fuse-input-scale", f"""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 2, 3, 3] x) => (float[1, 2, 3, 3] y) <{W}, float h = {{0.5}}> {{
@@ -71,7 +71,10 @@ def test_shared_weight_is_cloned_and_the_other_conv_keeps_it() -> None:
     assert_equivalent(parser.parse_model(before), after)
 
 
+GELU = "e = Div(x, r)  f = {}(e)  g1 = Add(f, one)  p = Mul(x, g1)  t = Mul(p, h)  y = Conv(t, w, b)"
 REFUSALS = {  # (extra graph inputs, initializers, body)
+    "erf GELU's 0.5": ("", "float h = {0.5}, float r = {1.4142135}, float one = {1.0}", GELU.format("Erf")),
+    "tanh GELU's 0.5": ("", "float h = {0.5}, float r = {1.4142135}, float one = {1.0}", GELU.format("Tanh")),
     "per-channel constant": ("", "float[1, 2, 1, 1] h = {0.5, 2.0}", "t = Mul(x, h)  y = Conv(t, w, b)"),
     "Mul read elsewhere": ("", "float h = {0.5}", "t = Mul(x, h)  a = Conv(t, w, b)  y = Add(a, t)"),
     "scale not constant": (", float h", "", "t = Mul(x, h)  y = Conv(t, w, b)"),

@@ -723,12 +723,17 @@ def shared_weights(draw: DrawFn, b: GraphBuilder, v: str) -> str:
 
 
 def scaled_layer(draw: DrawFn, b: GraphBuilder, v: str) -> str:
-    """A Mul by a constant feeding a Conv, ConvTranspose, MatMul or Gemm: mostly a scalar (GELU's
-    0.5 before the next layer), sometimes per-feature, sometimes also read elsewhere."""
+    """A Mul by a constant feeding a Conv, ConvTranspose, MatMul or Gemm: mostly a scalar,
+    sometimes per-feature, sometimes also read elsewhere, sometimes the 0.5 that completes a GELU
+    (``x * (1 + erf(x / sqrt 2)) * 0.5``, or tanh's form) before the next layer."""
     rank = b.rank(v)
     layers = [f for f, ok in ((conv, rank == 4), (conv_transpose, rank == 4), (matmul, rank >= 2),
                               (gemm, rank == 2)) if ok]
     b.require(bool(layers))
+    if draw(st.integers(0, 3)) == 0:
+        root2, one = (param(draw, b, np.array(c, np.float32)) for c in (1.4142135, 1.0))
+        curve = b.op(draw(st.sampled_from(("Erf", "Tanh"))), [b.op("Div", [v, root2])])
+        v = b.op("Mul", [v, b.op("Add", [curve, one])])
     shape = draw(st.sampled_from(((), (), (1,), (1,) * rank, _int_dims(b, v, rank - 1), (1,) * (rank + 1))))
     value = np.full(shape, draw(st.sampled_from((0.5, 0.5, -1.5, 0.0, 3.0e-3))), np.float32)
     if shape and shape[-1] > 1:
