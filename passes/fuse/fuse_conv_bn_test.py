@@ -15,8 +15,8 @@ from optgraph.passes.fuse import fuse_conv_bn
 from optgraph.passes.testing import MOTIFS, assert_equivalent, check_pass, models
 from optgraph.passes.testing.golden import assert_rewrites_to, rewrite_text
 from optgraph.passes.testing.mutants import assert_idempotent, assert_mutant_caught
-from optgraph.passes.testing.strategies import (DrawFn, GraphBuilder, activation, batchnorm, conv, gemm, matmul,
-                                                 param)
+from optgraph.passes.testing.strategies import (DrawFn, GraphBuilder, activation, axis_attr_or_input, batchnorm, conv,
+                                                 gemm, matmul, param)
 
 NEWEST = onnx.defs.onnx_opset_version()
 ORT_NEWEST = 26  # the newest opset onnxruntime 1.31 runs
@@ -184,6 +184,17 @@ REFUSED = {
           g = Sigmoid(p)
           y = Mul(r, g)
         }}""",
+    # GhostNet: the two halves of a ghost module meet in a Concat that timm's SE squeeze reads.
+    "feeds_spatial_mean_through_concat": f"""
+        g (float[1,2,4,4] x) => (float[1,4,4,4] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS}> {{
+          c = Conv(x, w)
+          n = {BN}(c, s, bb, mu, var)
+          r = Relu(n)
+          k = Concat<axis=1>(x, r)
+          p = ReduceMean<axes=[2,3], keepdims=1>(k)
+          g = Sigmoid(p)
+          y = Mul(k, g)
+        }}""",
     "feeds_head_pooling_through_residual_add": f"""
         g (float[1,2,4,4] x) => (float[1,2,1,1] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS}> {{
           c = Conv(x, w)
@@ -308,11 +319,18 @@ def conv_channel_affine(draw: DrawFn, b: GraphBuilder, v: str) -> str:
 
 def squeeze_excite(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     """An SE block (MobileNetV3, EfficientNet): y = conv-bn-act(v); y * gate(GlobalAveragePool(y)),
-    the gate a 1x1 conv, activation, 1x1 conv, sigmoid or hard-sigmoid: its BN stays unfolded."""
+    the gate a 1x1 conv, activation, 1x1 conv, sigmoid or hard-sigmoid: its BN stays unfolded.
+    Or timm's form: the squeeze a ReduceMean over H and W, and ``y`` maybe a ghost module, two
+    conv-bn-act halves in a Concat (GhostNet)."""
     y = MOTIFS["conv_bn_act"](draw, b, v)
     b.require(b.rank(y) == 4 and isinstance(b.shape(y)[1], int))
+    timm = draw(st.booleans())
+    if timm and draw(st.booleans()):
+        y = b.op("Concat", [y, MOTIFS["conv_bn_act"](draw, b, y)], axis=1)
+        b.require(isinstance(b.shape(y)[1], int))
     c = int(b.shape(y)[1])
-    s = b.op("GlobalAveragePool", [y])
+    s = (axis_attr_or_input(draw, b, "ReduceMean", y, [2, 3], 18, keepdims=1) if timm
+         else b.op("GlobalAveragePool", [y]))
     one = {"kernel": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "group": 1}
     s = activation(draw, b, conv(draw, b, s, out_channels=max(1, c // 2), **one))
     gate = b.op(draw(st.sampled_from(("Sigmoid", "HardSigmoid"))), [conv(draw, b, s, out_channels=c, **one)])

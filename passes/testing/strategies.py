@@ -265,7 +265,7 @@ def _window_out(n: int, k: int, s: int, p0: int, p1: int, d: int = 1) -> int:
     return span // s + 1
 
 
-def _axis_attr_or_input(draw: DrawFn, b: GraphBuilder, op_type: str, v: str, axes: list[int] | None,
+def axis_attr_or_input(draw: DrawFn, b: GraphBuilder, op_type: str, v: str, axes: list[int] | None,
                         input_from: int, **attrs: Any) -> str:
     """Ops whose axes moved from an attribute to an input at ``input_from`` (Squeeze, ReduceMean, ...)."""
     if axes is None:
@@ -538,7 +538,7 @@ def unsqueeze(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     rank = b.rank(v)
     b.require(rank <= 4)
     axis = draw(st.integers(-(rank + 1), rank))
-    return _axis_attr_or_input(draw, b, "Unsqueeze", v, [axis], 13)
+    return axis_attr_or_input(draw, b, "Unsqueeze", v, [axis], 13)
 
 
 def squeeze(draw: DrawFn, b: GraphBuilder, v: str) -> str:
@@ -547,9 +547,9 @@ def squeeze(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     ones = [i for i, d in enumerate(shape) if d == 1]
     b.require(bool(ones))
     if len(ones) < len(shape) and all(isinstance(d, int) for d in shape) and draw(st.booleans()):
-        return _axis_attr_or_input(draw, b, "Squeeze", v, None, 13)
+        return axis_attr_or_input(draw, b, "Squeeze", v, None, 13)
     axes = draw(st.lists(st.sampled_from(ones), min_size=1, unique=True))
-    return _axis_attr_or_input(draw, b, "Squeeze", v, sorted(axes), 13)
+    return axis_attr_or_input(draw, b, "Squeeze", v, sorted(axes), 13)
 
 
 def reduce_mean(draw: DrawFn, b: GraphBuilder, v: str) -> str:
@@ -564,7 +564,7 @@ def reduce_mean(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     b.require(keepdims != 0 or len(axes or ()) < rank)  # keep at least one axis
     if axes and draw(st.booleans()):
         axes = [a - rank for a in axes]
-    return _axis_attr_or_input(draw, b, "ReduceMean", v, axes, 18,
+    return axis_attr_or_input(draw, b, "ReduceMean", v, axes, 18,
                                **({} if keepdims is None else {"keepdims": keepdims}))
 
 
@@ -789,8 +789,8 @@ def no_op(draw: DrawFn, b: GraphBuilder, v: str) -> str:
         return pad(draw, b, v, pads=[0] * (2 * rank))
     if kind == "unsqueeze_squeeze":
         axis = draw(st.integers(0, rank))
-        u = _axis_attr_or_input(draw, b, "Unsqueeze", v, [axis], 13)
-        return _axis_attr_or_input(draw, b, "Squeeze", u, [axis], 13)
+        u = axis_attr_or_input(draw, b, "Unsqueeze", v, [axis], 13)
+        return axis_attr_or_input(draw, b, "Squeeze", u, [axis], 13)
     op, fill = {"add0": ("Add", 0.0), "sub0": ("Sub", 0.0), "mul1": ("Mul", 1.0), "div1": ("Div", 1.0)}[kind]
     c = _broadcast_const(draw, b, v, lambda s: np.full(s, fill))
     return b.op(op, [c, v] if op in ("Add", "Mul") and draw(st.booleans()) else [v, c])
@@ -847,7 +847,7 @@ def shape_chain(draw: DrawFn, b: GraphBuilder, v: str) -> str:
     parts = []
     for i in range(keep):
         g = b.op("Gather", [dims, ints(draw, b, i)], axis=0)
-        parts.append(_axis_attr_or_input(draw, b, "Unsqueeze", g, [0], 13))
+        parts.append(axis_attr_or_input(draw, b, "Unsqueeze", g, [0], 13))
     new_shape = b.op("Concat", [*parts, ints(draw, b, [-1])], axis=0)
     return b.op("Reshape", [v, new_shape], shape=(*shape[:keep], int(np.prod(rest))))
 
