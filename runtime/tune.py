@@ -14,9 +14,9 @@ measured figures over the built candidates says how far to trust it. The objecti
 mean of engine figures, each divided by the original model's: ``layers``, ``kernels``
 (standalone generated kernels), ``memory`` (activation bytes).
 
-The search is seeded with the original model and ``default``, then alternates: a few new
-candidates (mutations of the best measured so far, or random ones, from ``--seed``) are
-optimized and estimated, and the best-estimated ones not built yet are built, until the builds
+The search is seeded with the original model, ``default`` and ``default`` built on one stream,
+then alternates: a few new candidates (mutations of the best measured so far, or random ones,
+from ``--seed``) are optimized and estimated, and the best-estimated ones not built yet are built, until the builds
 or seconds run out or no new graph turns up. With a build budget only, the run is reproducible
 from the seed; a time budget can stop it earlier on a slower machine.
 """
@@ -110,6 +110,7 @@ class Choices:
 
 
 DEFAULT = Choices()
+ONE_STREAM = Choices(aux_streams=0)  # seeded too: where branches run in parallel, the cheapest memory lever
 SPACE: dict[str, tuple[Any, ...]] = {
     "horizontal": ("off", "concat", "split"), "min_branches": (2, 3, 4), "conv_act": ("off", "after", "inside"),
     "layout": (True, False), "tensorrt_ready": (True, False), "conv_bn": (True, False), "pad_conv": (True, False),
@@ -495,7 +496,7 @@ class Search:
 
     def run(self) -> Result:
         stopped = "exhausted"
-        for seed in (None, DEFAULT):
+        for seed in (None, DEFAULT, ONE_STREAM):
             c = self.optimize(seed)
             if c.duplicate_of is None and self.builds < self.budget:
                 self.build(c)

@@ -124,9 +124,9 @@ def test_the_search_is_reproducible_keeps_the_budget_and_builds_each_graph_once(
     assert key(first) == key(again)
     assert len(calls) == first.builds <= 4
     built = [c for c in first.candidates if c.built]
-    assert len({c.sha256 for c in built}) == len(built)  # one build per distinct graph
+    assert len({(c.sha256, c.aux_streams) for c in built}) == len(built)  # one build per graph and stream setting
     assert first.candidates[0].label == "original" and first.candidates[0].objective == 1.0
-    assert first.candidates[1].label == "default"
+    assert [c.label for c in first.candidates[1:3]] == ["default", "aux_streams=0"]
     assert first.best.objective == min(c.objective for c in built)
     assert first.best.objective < 1.0  # default alone removes nodes from the example
     for c in first.candidates:
@@ -226,7 +226,7 @@ def test_a_time_budget_stops_the_search_and_failed_builds_are_recorded():
         result = search.run()
     finally:
         search.close()
-    assert result.stopped == "seconds" and result.builds == 2  # the original and default, then time is up
+    assert result.stopped == "seconds" and result.builds == 3  # the three seeds, then time is up
     original, default = result.candidates[:2]
     assert original.built and not original.measured and original.error.startswith("In node 0")
     assert result.best is default and default.objective == 1.0  # the first engine built is the reference
