@@ -98,7 +98,7 @@ def _spatial_mean(node: ir.Node, rank: int) -> bool:
         return False
     axes = node.attr("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        given = ir.constant_tensor(node.inputs[1])
+        given = ir.constant_array(node.inputs[1])
         axes = None if given is None else [int(a) for a in given.reshape(-1)]
     return rank >= 3 and axes is not None and sorted(int(a) % rank for a in axes) == list(range(2, rank))
 
