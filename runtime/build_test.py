@@ -112,17 +112,18 @@ def branches_model(n: int = 3, channels: int = 64, hw: int = 56) -> onnx.ModelPr
     return model
 
 
-def test_one_stream_lets_parallel_branches_share_memory_and_a_report_needs_no_engine(tmp_path):
+def test_one_stream_lets_parallel_branches_share_memory_and_a_report_needs_no_engine(tmp_path, capsys):
     path = tmp_path / "branches.onnx"
     onnx.save(branches_model(), path)
-    totals = {}
+    totals, printed = {}, {}
     for aux in (None, 0):
         report = tmp_path / f"{aux}.json"
-        args = ["build", str(path), "--passes", "none", "--report", str(report), "-q"]
+        args = ["build", str(path), "--passes", "none", "--report", str(report)]
         assert main(args + ([] if aux is None else ["--aux-streams", str(aux)])) == 0
         data = json.loads(report.read_text())
         assert data["aux_streams"] == aux and data["engine"] is None
-        totals[aux] = data["totals"]
+        totals[aux], printed[aux] = data["totals"], capsys.readouterr().out
+    assert "flag: 3 streams" in printed[None] and "streams" not in printed[0]
     assert totals[None]["streams"] == 3 and totals[0]["streams"] == 1
     assert totals[0]["layers"] == totals[None]["layers"]
     assert totals[0]["activation_bytes"] * 2 < totals[None]["activation_bytes"]

@@ -314,7 +314,7 @@ def _digest(*parts: bytes) -> str:
 
 def flags(report: EngineReport, model: onnx.ModelProto) -> list[str]:
     """What a deployment engineer should look at: Q/DQ left as kernels, float layers in a
-    reduced-precision model, reformats between the layers of a residual block."""
+    reduced-precision model, reformats between the layers of a residual block, parallel streams."""
     ops = {n.name: n.op_type for n in model.graph.node}
     out = []
     qdq = [layer.name for layer in report.layers
@@ -333,6 +333,10 @@ def flags(report: EngineReport, model: onnx.ModelProto) -> list[str]:
     residual_reformats = sum(1 for i in fused_add if i > 0 and _is_reformat(report.layers[i - 1]))
     if residual_reformats:
         out.append(f"{residual_reformats} reformat layers feed residual Adds")
+    streams = report.totals()["streams"]
+    if streams > 1:
+        out.append(f"{streams} streams: branches running in parallel cannot share activation memory "
+                   "(--aux-streams 0 builds one stream)")
     return out
 
 
