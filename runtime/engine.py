@@ -45,9 +45,11 @@ _TENSOR_RE = re.compile(r"\{ Name: (?P<name>[^,]*), Dimensions: \[(?P<dims>[^\]]
 _META_RE = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
 _MEMORY_RE = re.compile(r"(Total Activation Memory|Total Weights Memory|Max Scratch Memory):\s*(\d+)")
 
-# ONNX ops TensorRT removes outright when they only move metadata (no layer names them).
+# ONNX ops TensorRT removes outright when they only move metadata (no layer names them); a Pad
+# no layer names is one whose computed pads TensorRT found to be zero (Swin's window padding at
+# 224x224) or merged into the convolution after it.
 _ELIMINABLE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout", "Cast", "Transpose",
-                         "Expand", "Concat", "Split", "Slice"})
+                         "Expand", "Concat", "Split", "Slice", "Pad"})
 # Elementwise ops that TensorRT merges into the layer reading them when one operand is constant.
 _MERGEABLE = frozenset({"Mul", "Add", "Sub", "Div"})
 # ONNX ops whose outputs TensorRT knows at build time when their inputs are.

@@ -136,3 +136,18 @@ def test_flags_and_compare():
     diff = compare(r, floaty)
     assert diff["a"]["layers"] == 2 and diff["b"]["layers"] == 1
     assert diff["fused_differently"] == [] and diff["only_in_a"] == []
+
+
+def test_a_pad_no_layer_names_is_eliminated() -> None:
+    """Swin pads each window partition by amounts computed from the shape: zero at 224x224, and
+    TensorRT drops the Pad."""
+    model = parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,4] x, float[4,4] k) => (float[1,4] y) <int64[4] pads = {0, 0, 0, 0}> {
+        [pad] p = Pad(x, pads)  [mm] y = MatMul(p, k)
+    }
+    """)
+    log = [LOG[0], LOG[1].replace("[ONNX Layer: conv | fused (ConvRelu_1)][ONNX Layer: relu | fused (ConvRelu_1)]"
+                                  "[ONNX Layer: add]", "[ONNX Layer: mm]")]
+    acc = account(parse_build_log(log), model)
+    assert (acc.in_layers, acc.eliminated, acc.unaccounted) == (1, ["pad"], [])
