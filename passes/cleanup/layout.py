@@ -13,6 +13,13 @@ between two Reshapes that undo each other. Three rewrites:
   indices (numpy, capped at ``max_elements``), so any mix of the five ops is handled exactly.
 - Reshape -> elementwise ops (with scalar constants) -> Reshapes back to the original shape: the
   elementwise ops run on the original tensor and both Reshapes go.
+
+And one that moves a shuffle instead of removing it: a Transpose read only by a Split becomes a
+Split on the untransposed tensor (along ``perm[axis]``) and a Transpose per part. A vision
+transformer's ``qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)`` is exported as
+Transpose -> Split; in the moved form TensorRT keeps the qkv bias in the GEMM and does the three
+shuffles in one copy kernel (timm DeiT-tiny: 209 -> 185 engine layers, 135 -> 111 standalone
+kernels, 9.42 -> 9.27 MiB; onnxruntime's transpose optimizer does the same).
 """
 
 from __future__ import annotations
@@ -86,7 +93,8 @@ def single_op(source: tuple[int, ...], result: np.ndarray) -> tuple[str, list[in
 @register
 class SimplifyLayout(Pass):
     name = "simplify-layout"
-    description = "Collapse Reshape/Transpose chains and Reshapes around elementwise ops into single ops"
+    description = ("Collapse Reshape/Transpose chains and Reshapes around elementwise ops into single ops; "
+                   "split before a transpose")
     preserves = frozenset({ShapeInference})
     # A chain collapses only when its shapes are static: exporters compute Reshape targets from
     # Shape -> Gather -> Concat (Swin's window partitions), which folding turns into constants.
@@ -107,6 +115,9 @@ class SimplifyLayout(Pass):
                     continue
                 if node.op_type == "Reshape" and self._reshape_of_reshape(rw, node):
                     stats["reshape_of_reshape"] += 1
+                if node.op_type == "Transpose" and self._split_first(rw, node):
+                    stats["split_before_transpose"] += 1
+                    continue
                 if self._chain(rw, node, opset, stats):
                     continue
                 if node.op_type == "Reshape" and node.graph is graph and self._sandwich(rw, node):
@@ -124,6 +135,39 @@ class SimplifyLayout(Pass):
         if inner.op_type == "Reshape" and inner.attr("allowzero", 0):
             return False  # a literal 0 dim: the element count may be 0 either way; stay exact
         rw.set_input(node, 0, inner.inputs[0])
+        return True
+
+    @staticmethod
+    def _split_first(rw: ir.Rewriter, t: ir.Node) -> bool:
+        """Transpose -> Split (its only reader) becomes Split along ``perm[axis]`` -> a Transpose per part."""
+        out, x = t.output, t.inputs[0]
+        users = out.consumers
+        if x is None or out.is_graph_output or len(users) != 1:
+            return False
+        split = users[0]
+        if not ops.is_onnx(split, "Split") or split.inputs[0] is not out or split.graph is not rw.graph:
+            return False
+        perm = t.attr("perm")
+        if perm is None:
+            if x.shape is None:
+                return False
+            perm = list(reversed(range(len(x.shape))))
+        axis = split.attr("axis", 0)
+        axis = axis + len(perm) if axis < 0 else axis
+        if not 0 <= axis < len(perm):
+            return False
+        moved = rw.make_node("Split", [x, *split.inputs[1:]], outputs=len(split.outputs), name=split.name or None,
+                             before=split)
+        moved.copy_attrs(split)  # sizes (an attribute before opset 13), num_outputs; filling in a node just made
+        moved.set_attr("axis", perm[axis])
+        for old, part in zip(split.outputs, moved.outputs):
+            if old is None or not (old.is_used or old.is_graph_output):
+                continue
+            shuffled = rw.make_node("Transpose", [part], {"perm": list(perm)},
+                                    name=f"{old.name}/Transpose", before=split).output
+            rw.replace(old, shuffled)
+        rw.remove(split)
+        rw.remove(t)
         return True
 
     def _chain(self, rw: ir.Rewriter, head: ir.Node, opset: int, stats: Counter[str]) -> bool:

@@ -139,7 +139,7 @@ def layout_chain(draw, b, v):  # type: ignore[no-untyped-def]
 
 @given(models(motifs={"layout_chain": layout_chain, "shape_chain": MOTIFS["shape_chain"],
                       "no_op": MOTIFS["no_op"]}, ops=["reshape", "transpose", "flatten", "unsqueeze", "squeeze",
-                                                  "activation", "binary"]))
+                                                  "split", "activation", "binary"]))
 def test_property_equivalent(model) -> None:  # type: ignore[no-untyped-def]
     check_pass("simplify-layout", model)
 
@@ -182,3 +182,34 @@ def test_broken_zero_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         }""")
     with pytest.raises(AssertionError):
         check_pass("simplify-layout", model)
+
+
+def test_a_transpose_read_by_a_split_moves_after_it() -> None:
+    """timm's qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0), legacy export."""
+    out, report = check_pass("simplify-layout,remove-dead", parser.parse_model(HEADER + """
+        g (float[1, 5, 3, 2, 4] x) => (float[2, 5, 4] q, float[2, 4, 5] k) {
+          t = Transpose <perm = [2, 0, 3, 1, 4]> (x)
+          sizes = Constant <value = int64[3] {1, 1, 1}> ()
+          a, b, c = Split <axis = 0> (t, sizes)
+          zero = Constant <value = int64[1] {0}> ()
+          q1 = Squeeze(a, zero)
+          q = Squeeze(q1, zero)
+          k1 = Squeeze(b, zero)
+          k2 = Squeeze(k1, zero)
+          k = Transpose <perm = [0, 2, 1]> (k2)
+        }"""))
+    assert report.totals()["split_before_transpose"] == 1
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert split.input[0] == "x" and [a.i for a in split.attribute if a.name == "axis"] == [2]
+    names = [n.name for n in out.graph.node if n.name]
+    assert len(names) == len(set(names)) == 3  # the Split and the two Transposes read: names of their own
+
+
+def test_a_transpose_with_another_reader_stays_before_the_split() -> None:
+    text = HEADER + """
+        g (float[2, 4] x) => (float[2, 2] a, float[2, 2] b, float[4, 2] t) {
+          t = Transpose <perm = [1, 0]> (x)
+          a, b = Split <axis = 0> (t)
+        }"""
+    _, report = check_pass("simplify-layout", parser.parse_model(text))
+    assert "split_before_transpose" not in report.totals()
