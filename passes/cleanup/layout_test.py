@@ -213,3 +213,16 @@ def test_a_transpose_with_another_reader_stays_before_the_split() -> None:
         }"""
     _, report = check_pass("simplify-layout", parser.parse_model(text))
     assert "split_before_transpose" not in report.totals()
+
+
+def test_split_sizes_given_as_an_attribute_move_with_the_split() -> None:
+    """Before opset 13 the sizes are the ``split`` attribute; the moved Split must keep them."""
+    out, report = check_pass("simplify-layout", parser.parse_model("""
+        <ir_version: 6, opset_import: ["" : 11]>
+        g (float[2, 6] x) => (float[2, 2] a, float[4, 2] b) {
+          t = Transpose <perm = [1, 0]> (x)
+          a, b = Split <axis = 0, split = [2, 4]> (t)
+        }"""))
+    assert report.totals()["split_before_transpose"] == 1
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert {a.name: (a.i if a.name == "axis" else list(a.ints)) for a in split.attribute} == {"axis": 1, "split": [2, 4]}

@@ -367,3 +367,16 @@ def test_broken_variants_are_caught(broken: str, monkeypatch: pytest.MonkeyPatch
         strategy = models(motifs={"conv_transpose_bn": conv_transpose_bn}, ops=[], opsets=[17])
 
     assert_mutant_caught("fuse-conv-bn", strategy)
+
+
+def test_a_spatial_mean_with_axes_as_input_keeps_the_bn() -> None:
+    """From opset 18 ReduceMean takes its axes as an input: read as a constant array."""
+    text = header(18) + f"""
+        g (float[1,2,4,4] x) => (float[1,2,1,1] y) <float[2,2,1,1] w = {{1.0, 2.0, 3.0, 4.0}}, {BN_PARAMS},
+                                                    int64[2] ax = {{2, 3}}> {{
+          c = Conv(x, w)
+          n = {BN}(c, s, bb, mu, var)
+          r = Relu(n)
+          y = ReduceMean<keepdims=1>(r, ax)
+        }}"""
+    assert assert_rewrites_to("fuse-conv-bn", text, text).totals() == {}
