@@ -19,7 +19,7 @@ import numpy as np
 from optgraph import ir
 from optgraph.ir import opset
 from optgraph.passes.base import WEIGHTS_VISIBLE
-from optgraph.passes.pattern import Match, MatchResult, RewritePass, Rewriter, Rule, Var, op
+from optgraph.passes.pattern import Env, Match, MatchResult, RewritePass, Rewriter, Rule, Var, op
 from optgraph.passes.registry import register
 
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -91,32 +91,29 @@ _POOL_REACH = 3  # elementwise ops (activation, residual Add) between a BN and t
 _POINTWISE = opset.ELEMENTWISE | frozenset(opset.ACTIVATIONS)
 
 
-def _spatial_mean(node: ir.Node, rank: int) -> bool:
+def _spatial_mean(node: ir.Node, rank: int, version: int) -> bool:
     """A ReduceMean over every spatial axis of a rank-``rank`` tensor: timm's squeeze-excitation,
     ``x.mean((2, 3))``."""
-    if not opset.is_onnx(node, "ReduceMean") or not node.inputs:
+    if not opset.is_onnx(node, "ReduceMean") or rank < 3:
         return False
-    axes = node.attr("axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        given = ir.constant_array(node.inputs[1])
-        axes = None if given is None else [int(a) for a in given.reshape(-1)]
-    return rank >= 3 and axes is not None and sorted(int(a) % rank for a in axes) == list(range(2, rank))
+    axes = opset.axes(node, version, rank=rank)
+    return axes is not None and sorted(axes) == list(range(2, rank))
 
 
-def feeds_global_pool(v: ir.Value, rank: int, depth: int = _POOL_REACH) -> bool:
-    """Whether ``v`` (of rank ``rank``) reaches a global average pooling or a spatial mean through
-    at most ``depth`` elementwise ops, or a spatial mean through one Concat (GhostNet: the two
-    halves of a ghost module meet in a Concat that timm's SE squeeze reads; TensorRT computes the
-    BN, the activation, the concat and the mean in one kernel: 140 -> 127 engine layers but 28 -> 31
-    standalone kernels when that BN is folded)."""
+def feeds_global_pool(v: ir.Value, rank: int, version: int, depth: int = _POOL_REACH) -> bool:
+    """Whether ``v`` (of rank ``rank``, in a model of opset ``version``) reaches a global average
+    pooling or a spatial mean through at most ``depth`` elementwise ops, or a spatial mean through
+    one Concat (GhostNet: the two halves of a ghost module meet in a Concat that timm's SE squeeze
+    reads; TensorRT computes the BN, the activation, the concat and the mean in one kernel: 140 ->
+    127 engine layers but 28 -> 31 standalone kernels when that BN is folded)."""
     for node in v.consumers:
-        if opset.is_onnx(node, "GlobalAveragePool") or _spatial_mean(node, rank):
+        if opset.is_onnx(node, "GlobalAveragePool") or _spatial_mean(node, rank, version):
             return True
         if not depth or not opset.is_onnx(node) or not node.outputs:
             continue
-        if node.op_type in _POINTWISE and feeds_global_pool(node.outputs[0], rank, depth - 1):
+        if node.op_type in _POINTWISE and feeds_global_pool(node.outputs[0], rank, version, depth - 1):
             return True
-        if node.op_type == "Concat" and any(_spatial_mean(user, rank) for user in node.outputs[0].consumers):
+        if node.op_type == "Concat" and any(_spatial_mean(user, rank, version) for user in node.outputs[0].consumers):
             return True
     return False
 
@@ -133,11 +130,17 @@ class BnIntoConv(Rule):
     benefit = 2
     pattern = _bn(_conv())
 
+    def match(self, node: ir.Node, env: Env) -> Match | MatchResult:
+        m = super().match(node, env)
+        if isinstance(m, Match):
+            m.extra["opset"] = env.model.opset()  # where a ReduceMean's axes are: attribute or input
+        return m
+
     def check(self, m: Match) -> MatchResult:
         w = m.array("w")
         if w.ndim < 3:
             return MatchResult.fail("weight rank < 3")
-        if feeds_global_pool(m.node("bn").outputs[0], w.ndim):
+        if feeds_global_pool(m.node("bn").outputs[0], w.ndim, m.extra["opset"]):
             return MatchResult.fail("the BN feeds a global average pooling (TensorRT fuses BN and pooling)")
         return check_bn(m, out_channels(m.node("conv"), w))
 
