@@ -356,7 +356,7 @@ def _untie_constant_init(module: Any) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(1)
-    tensors = [p for p in module.parameters()]
+    tensors = list(module.parameters())
     tensors += [b for n, b in module.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
     for t in tensors:
         if not t.is_floating_point() or t.numel() < 2 or not bool((t == t.flatten()[0]).all()):

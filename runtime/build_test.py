@@ -6,11 +6,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from optgraph.passes.testing.networks import inception_like
 from optgraph.runtime import tensorrt
 from optgraph.runtime.cli import main
 from optgraph.runtime.tensorrt_test import conv_relu_model
@@ -87,34 +87,9 @@ def test_fp16_model_builds_in_half_and_compare_shows_it(tmp_path, capsys):
     assert "fused differently" in capsys.readouterr().out
 
 
-def branches_model(n: int = 3, channels: int = 64, hw: int = 56) -> onnx.ModelProto:
-    """``n`` parallel conv-relu-conv-relu branches on one input, concatenated: TensorRT runs each
-    branch on a stream of its own."""
-    rng = np.random.default_rng(0)
-    nodes, inits, outs = [], [], []
-    for b in range(n):
-        x = "x"
-        for d in range(2):
-            w = f"w{b}_{d}"
-            inits.append(numpy_helper.from_array(
-                (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32), w))
-            nodes += [helper.make_node("Conv", [x, w], [f"c{b}_{d}"], pads=[1, 1, 1, 1], name=f"conv{b}_{d}"),
-                      helper.make_node("Relu", [f"c{b}_{d}"], [f"r{b}_{d}"], name=f"relu{b}_{d}")]
-            x = f"r{b}_{d}"
-        outs.append(x)
-    nodes.append(helper.make_node("Concat", outs, ["y"], axis=1, name="cat"))
-    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                [1, channels, hw, hw])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n * channels, hw, hw])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def test_one_stream_lets_parallel_branches_share_memory_and_a_report_needs_no_engine(tmp_path, capsys):
-    path = tmp_path / "branches.onnx"
-    onnx.save(branches_model(), path)
+    path = tmp_path / "branches.onnx"  # an Inception block: TensorRT runs its branches on three streams
+    onnx.save(inception_like(blocks=1, channels=64, spatial=56, batch=1), path)
     totals, printed = {}, {}
     for aux in (None, 0):
         report = tmp_path / f"{aux}.json"
