@@ -158,14 +158,18 @@ class SimplifyLayout(Pass):
             return False
         moved = rw.make_node("Split", [x, *split.inputs[1:]], outputs=len(split.outputs), name=split.name or None,
                              before=split)
-        moved.copy_attrs(split)  # sizes (an attribute before opset 13), num_outputs; filling in a node just made
+        # Filling in nodes just made: the Split's attributes (sizes before opset 13, num_outputs),
+        # and each node's doc string and metadata from the node it stands for.
+        moved.copy_attrs(split)
         moved.set_attr("axis", perm[axis])
+        moved.doc_string, moved.metadata_props = split.doc_string, dict(split.metadata_props)
         for old, part in zip(split.outputs, moved.outputs):
             if old is None or not (old.is_used or old.is_graph_output):
                 continue
-            shuffled = rw.make_node("Transpose", [part], {"perm": list(perm)},
-                                    name=f"{old.name}/Transpose", before=split).output
-            rw.replace(old, shuffled)
+            shuffle = rw.make_node("Transpose", [part], {"perm": list(perm)}, name=f"{old.name}/Transpose",
+                                   before=split)
+            shuffle.doc_string, shuffle.metadata_props = t.doc_string, dict(t.metadata_props)
+            rw.replace(old, shuffle.output)
         rw.remove(split)
         rw.remove(t)
         return True

@@ -205,6 +205,21 @@ def test_a_transpose_read_by_a_split_moves_after_it() -> None:
     assert len(names) == len(set(names)) == 3  # the Split and the two Transposes read: names of their own
 
 
+def test_the_moved_split_and_transposes_keep_doc_strings_and_metadata() -> None:
+    model = parser.parse_model(HEADER + """
+        g (float[2, 6] x) => (float[3, 2] a, float[3, 2] b) {
+          t = Transpose <perm = [1, 0]> (x)
+          a, b = Split <axis = 0> (t)
+        }""")
+    for node, text in zip(model.graph.node, ("the transpose", "the split")):
+        node.doc_string = text
+        node.metadata_props.add(key="origin", value=text)
+    out, _ = check_pass("simplify-layout", model)
+    kept = {n.op_type: (n.doc_string, {p.key: p.value for p in n.metadata_props}) for n in out.graph.node}
+    assert kept == {"Split": ("the split", {"origin": "the split"}),
+                    "Transpose": ("the transpose", {"origin": "the transpose"})}
+
+
 def test_a_transpose_with_another_reader_stays_before_the_split() -> None:
     text = HEADER + """
         g (float[2, 4] x) => (float[2, 2] a, float[2, 2] b, float[4, 2] t) {
